@@ -1,0 +1,115 @@
+"""The ModelHandler record: every per-family fact the installer, trainer and server need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Parameter-count thresholds (exclusive upper bounds) for the automatic LoRA rank.
+RANK_BY_SIZE: tuple[tuple[float, int], ...] = (
+    (1e9, 8),
+    (3e9, 16),
+    (7e9, 32),
+    (13e9, 64),
+    (30e9, 128),
+)
+LARGEST_RANK = 256
+
+# A neutral ChatML template for base models that ship none; saved with the adapter.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# A plain-text template for tokenizers without special chat tokens (GPT-2, GPT-NeoX).
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\\n' + message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'tool' %}{{ '### Tool:\\n' + message['content'] + '\\n\\n' }}"
+    "{% else %}{{ '### Assistant:\\n' + (message['content'] or '') + eos_token + '\\n\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+)
+
+VALID_PRECISIONS = ("float16", "bfloat16", "float32")
+VALID_QUANTIZATION = ("8bit", "4bit")
+
+
+def auto_lora_rank(parameters: int) -> int:
+    """LoRA rank from model size: <1B 8, 1-3B 16, 3-7B 32, 7-13B 64, 13-30B 128, >30B 256."""
+    for upper, rank in RANK_BY_SIZE:
+        if parameters < upper:
+            return rank
+    return LARGEST_RANK
+
+
+@dataclass(frozen=True)
+class ModelHandler:
+    """Per-family facts. One instance per family, registered in `handlers.registry`."""
+
+    name: str
+    model_types: tuple[str, ...]
+    target_modules: tuple[str, ...]
+    description: str = ""
+    architectures: tuple[str, ...] = ()
+    training_precision: str = "float16"
+    max_sequence_length: int = 4096
+    gradient_checkpointing: bool = True
+    flash_attention: bool = True
+    quantization: tuple[str, ...] = VALID_QUANTIZATION
+    extra_requirements: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+    chat_template_fallback: str = CHATML_TEMPLATE
+    multimodal: bool = False
+    # Discover linear layers at load time instead of trusting `target_modules`.
+    discover_targets: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name:
+            problems.append("name is empty")
+        if not self.model_types:
+            problems.append("model_types is empty")
+        if not self.target_modules and not self.discover_targets:
+            problems.append("target_modules is empty")
+        if self.training_precision not in VALID_PRECISIONS:
+            problems.append(f"training_precision {self.training_precision!r} not in {VALID_PRECISIONS}")
+        if self.max_sequence_length <= 0:
+            problems.append("max_sequence_length must be positive")
+        bad_quant = set(self.quantization) - set(VALID_QUANTIZATION)
+        if bad_quant:
+            problems.append(f"unknown quantization {sorted(bad_quant)}")
+        if problems:
+            raise ValueError(f"handler {self.name or '?'}: " + "; ".join(problems))
+
+    def lora_rank(self, parameters: int) -> int:
+        """Automatic LoRA rank for a model of this many parameters."""
+        return auto_lora_rank(parameters)
+
+    def lora_alpha(self, parameters: int) -> int:
+        """Automatic LoRA alpha: twice the rank."""
+        return 2 * self.lora_rank(parameters)
+
+    def precision_for(self, device: str) -> str:
+        """Training precision on a device: the family's choice on GPUs, float32 on CPU/MPS."""
+        if device != "cuda":
+            return "float32"
+        return self.training_precision
+
+    def as_dict(self) -> dict:
+        """Facts for `check --json` and model_info.json."""
+        return {
+            "handler": self.name,
+            "target_modules": list(self.target_modules),
+            "training_precision": self.training_precision,
+            "max_sequence_length": self.max_sequence_length,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "flash_attention": self.flash_attention,
+            "quantization": list(self.quantization),
+            "extra_requirements": list(self.extra_requirements),
+            "trust_remote_code": self.trust_remote_code,
+            "multimodal": self.multimodal,
+        }

@@ -1,0 +1,133 @@
+"""Built-in models: small Llama-architecture chat models built entirely offline.
+
+The tokenizer is a byte-level BPE trained locally with `tokenizers` on a bundled corpus,
+so install -> train -> start works with no network and no GPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from handlers import CHATML_TEMPLATE
+
+from .settings import INSTALLER_HOME
+from .sources import ModelMetadata, SourceError, local_metadata
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+CORPUS_GLOBS = ("examples/data/*", "installer/builtin_corpus.txt")
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """Shape of one built-in model."""
+
+    description: str
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int = 2048
+    seed: int = 0
+
+
+BUILTINS: dict[str, BuiltinSpec] = {
+    "tiny-chat": BuiltinSpec(
+        description="~1M-parameter Llama chat model for offline demos and tests",
+        hidden_size=128, layers=4, heads=4, kv_heads=2, intermediate_size=344, vocab_size=2048,
+    ),
+}
+
+
+def spec(name: str) -> BuiltinSpec:
+    """The spec called `name`, or SourceError listing the built-ins."""
+    if name not in BUILTINS:
+        raise SourceError(f"Unknown built-in model '{name}'; available: {', '.join(sorted(BUILTINS))}.")
+    return BUILTINS[name]
+
+
+def _corpus() -> list[str]:
+    texts = []
+    for pattern in CORPUS_GLOBS:
+        for path in sorted(INSTALLER_HOME.glob(pattern)):
+            if path.is_file():
+                texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    return texts
+
+
+def _train_tokenizer(model_spec: BuiltinSpec, dest: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=model_spec.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        model_max_length=model_spec.max_positions,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(dest)
+    return fast
+
+
+def build(name: str, dest: Path) -> Path:
+    """Build built-in model `name` into directory `dest` (weights, config, tokenizer, chat template)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    model_spec = spec(name)
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(model_spec, dest)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_spec.hidden_size,
+        intermediate_size=model_spec.intermediate_size,
+        num_hidden_layers=model_spec.layers,
+        num_attention_heads=model_spec.heads,
+        num_key_value_heads=model_spec.kv_heads,
+        max_position_embeddings=model_spec.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(model_spec.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=64,
+    )
+    model.save_pretrained(dest)
+    return dest
+
+
+def builtin_metadata(name: str) -> ModelMetadata:
+    """Metadata of a built-in model, read from a fresh build in a temporary directory."""
+    spec(name)
+    workdir = Path(tempfile.mkdtemp(prefix="llm-builtin-"))
+    try:
+        build(name, workdir)
+        meta = local_metadata(workdir, source=f"builtin:{name}", kind="builtin")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta.local_path = None
+    return meta

@@ -1,0 +1,248 @@
+"""The `llm-installer` command line. Heavy libraries are imported inside commands so that
+`--help` and `list` stay instant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .model_dir import ModelDir, installed_models
+from .settings import SettingsError, models_dir, validate_name
+from .units import human_bytes, human_count
+
+MODELS_DIR_OPTION = click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Models directory (default: $LLM_MODELS_DIR, the config file's models_dir, or ~/LLM/models).",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _user_errors():
+    """Exceptions that are the user's to fix: shown as one sentence, exit status 1."""
+    from .fetch import FetchError
+    from .hub_errors import HubError
+    from .install import InstallError
+    from .sources import SourceError
+
+    return (SettingsError, SourceError, HubError, InstallError, FetchError)
+
+
+def _root(option: Path | None) -> Path:
+    try:
+        return models_dir(option)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _find_model(root: Path, name: str) -> ModelDir:
+    try:
+        validate_name(name)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    model = ModelDir(root / name)
+    if not (model.info_path.exists() or model.marker.exists()):
+        known = ", ".join(m.root.name for m in installed_models(root)) or "none"
+        raise click.ClickException(f"No model named '{name}' in {root} (installed: {known}).")
+    return model
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llm-installer")
+def cli() -> None:
+    """Install Hugging Face models into directories of their own, fine-tune them with LoRA
+    (./train.sh) and serve them on an OpenAI-compatible API (./start.sh).
+
+    \b
+    Example:
+      llm-installer check meta-llama/Llama-3-8B
+      llm-installer install builtin:tiny-chat
+    """
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--revision", help="Branch, tag or commit on the Hub.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow counting parameters with the repository's own code.")
+@JSON_OPTION
+def check(model: str, revision: str | None, trust_remote_code: bool, as_json: bool) -> None:
+    """Show what MODEL is and whether it fits this machine, reading metadata only.
+
+    MODEL is a Hub id (org/name), a local model directory or builtin:NAME.
+
+    \b
+    Example:
+      llm-installer check Qwen/Qwen2.5-0.5B-Instruct --json
+    """
+    from .check import check_report, format_report
+
+    try:
+        report = check_report(model, revision, trust_remote_code)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--name", help="Directory name under the models directory (default: org_name).")
+@MODELS_DIR_OPTION
+@click.option("--revision", help="Branch, tag or commit on the Hub.")
+@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default="none", show_default=True,
+              help="Default quantization for train.sh/start.sh.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True, help="Default dtype for start.sh.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Default device for train.sh/start.sh.")
+@click.option("--force", is_flag=True, help="Reinstall: fetch every file again (adapters are kept).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow models that run code from their repository.")
+@click.option("--allow-pickle", is_flag=True, help="Allow repositories that ship only pickle (.bin) weights.")
+def install(model: str, models_dir: Path | None, force: bool, **options) -> None:
+    """Install MODEL into a directory of its own with train.sh and start.sh.
+
+    MODEL is a Hub id (org/name), a local model directory or builtin:NAME.
+    Interrupted installs resume when the same command is run again.
+
+    \b
+    Example:
+      llm-installer install meta-llama/Llama-3-8B
+      llm-installer install builtin:tiny-chat --name demo
+    """
+    from .install import InstallOptions
+    from .install import install as run_install
+
+    root = _root(models_dir)
+    try:
+        result = run_install(InstallOptions(model=model, models_dir=root, force=force, **options), echo=click.echo)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: run the same command again to resume.", err=True)
+        sys.exit(130)
+    if result.already_installed:
+        return
+    info = result.info
+    click.echo(
+        f"Installed {model} ({info['handler']} handler, {human_count(info['parameters'])} parameters) "
+        f"in {result.model_dir.root} in {result.seconds:.1f}s ({result.fetch_mode}, "
+        f"{human_bytes(result.model_dir.disk_bytes())} on disk)."
+    )
+    click.echo(f"Next: cd {result.model_dir.root} && ./train.sh --data 'data/*.json' && ./start.sh")
+
+
+@cli.command(name="list")
+@MODELS_DIR_OPTION
+@JSON_OPTION
+def list_models(models_dir: Path | None, as_json: bool) -> None:
+    """List installed models.
+
+    \b
+    Example:
+      llm-installer list --json
+    """
+    rows = []
+    for model in installed_models(_root(models_dir)):
+        info = model.read_info() or {}
+        rows.append({
+            "name": model.root.name,
+            "source": info.get("source"),
+            "family": info.get("family") or "?",
+            "parameters": info.get("parameters"),
+            "size_bytes": model.disk_bytes(),
+            "adapter": model.adapter_state(),
+            "status": model.status(),
+            "path": str(model.root),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No models installed in {_root(models_dir)}.")
+        return
+    header = f"{'NAME':<36} {'FAMILY':<12} {'PARAMS':>8} {'SIZE':>10}  {'ADAPTER':<24} STATUS"
+    click.echo(header)
+    for row in rows:
+        click.echo(
+            f"{row['name']:<36} {row['family']:<12} {human_count(row['parameters']):>8} "
+            f"{human_bytes(row['size_bytes']):>10}  {row['adapter']:<24} {row['status']}"
+        )
+
+
+@cli.command()
+@click.argument("name")
+@MODELS_DIR_OPTION
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def remove(name: str, models_dir: Path | None, yes: bool) -> None:
+    """Delete the installed model NAME (weights, adapters, checkpoints).
+
+    \b
+    Example:
+      llm-installer remove meta-llama_Llama-3-8B -y
+    """
+    root = _root(models_dir)
+    model = _find_model(root, name)
+    target = model.root.resolve()
+    if target.parent != root or not target.is_dir():
+        raise click.ClickException(f"Refusing to delete {target}: it is not directly inside {root}.")
+    if not yes:
+        click.confirm(f"Delete {target} ({human_bytes(model.disk_bytes())})?", abort=True)
+    shutil.rmtree(target)
+    click.echo(f"Removed {target}.")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_models", is_flag=True, help="Update every installed model.")
+@MODELS_DIR_OPTION
+def update(name: str | None, all_models: bool, models_dir: Path | None) -> None:
+    """Re-render train.sh and start.sh from the current templates (weights and adapters untouched).
+
+    \b
+    Example:
+      llm-installer update --all
+    """
+    from .render import render_wrappers
+
+    root = _root(models_dir)
+    if bool(name) == all_models:
+        raise click.UsageError("Give either NAME or --all.")
+    targets = installed_models(root) if all_models else [_find_model(root, name)]
+    for model in targets:
+        info = model.read_info()
+        if not info or not info.get("complete"):
+            click.echo(f"Skipped {model.root.name}: install incomplete (run install again to resume).")
+            continue
+        render_wrappers(model, info)
+        click.echo(f"Updated wrappers of {model.root.name}.")
+
+
+@cli.command()
+@MODELS_DIR_OPTION
+@JSON_OPTION
+def doctor(models_dir: Path | None, as_json: bool) -> None:
+    """Check Python, torch, GPUs, memory, disk, packages and Hub settings.
+
+    \b
+    Example:
+      llm-installer doctor
+    """
+    from .doctor import diagnose
+
+    findings = diagnose(_root(models_dir))
+    if as_json:
+        click.echo(json.dumps([f.__dict__ for f in findings], indent=2))
+    else:
+        for finding in findings:
+            click.echo(f"[{finding.level:<4}] {finding.topic:<14} {finding.detail}")
+    if any(f.level == "fail" for f in findings):
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="llm-installer")

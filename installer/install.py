@@ -1,0 +1,239 @@
+"""`install`: put a model into a directory of its own, resumable, verified, with rendered wrappers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from handlers import ModelHandler, handler_for_config
+
+from . import __version__
+from .estimate import native_dtype, parameter_count
+from .fetch import (
+    bytes_still_needed,
+    build_builtin,
+    fetch_from_directory,
+    fetch_from_hub,
+    files_on_disk,
+    verify,
+)
+from .model_dir import ModelDir, write_json_atomic
+from .render import render_wrappers
+from .selection import Selection, select_files
+from .settings import directory_name, validate_name
+from .sources import ModelMetadata, SourceError, local_metadata, read_metadata, source_kind
+from .system import free_disk_bytes
+from .units import human_bytes
+
+DISK_MARGIN_BYTES = 256 * 1024**2
+QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+class InstallError(RuntimeError):
+    """The install cannot go on; the message is for the user."""
+
+
+@dataclass
+class InstallOptions:
+    """What the user asked `install` for."""
+
+    model: str
+    models_dir: Path
+    name: str | None = None
+    revision: str | None = None
+    quantization: str = "none"
+    dtype: str = "auto"
+    device: str = "auto"
+    force: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass
+class InstallResult:
+    """What `install` did."""
+
+    model_dir: ModelDir
+    info: dict
+    already_installed: bool = False
+    seconds: float = 0.0
+    fetch_mode: str = ""
+
+
+def needs_remote_code(config: dict, handler: ModelHandler) -> bool:
+    """Whether loading this config runs code from the repository."""
+    if handler.trust_remote_code:
+        return True
+    if not config.get("auto_map"):
+        return False
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return config.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
+def check_compatible(options: InstallOptions, meta: ModelMetadata, handler: ModelHandler) -> None:
+    """Refuse options the model cannot honour, before anything is downloaded."""
+    if needs_remote_code(meta.config, handler) and not options.trust_remote_code:
+        raise InstallError(
+            f"{meta.source} runs custom code from its repository; re-run with --trust-remote-code if you trust it."
+        )
+    if options.quantization != "none" and options.quantization not in handler.quantization:
+        supported = ", ".join(handler.quantization) or "none"
+        raise InstallError(
+            f"The {handler.name} handler cannot quantize to {options.quantization} (supported: {supported})."
+        )
+
+
+def _check_pickles(selection: Selection, options: InstallOptions, echo: Callable[[str], None]) -> None:
+    if not selection.files or not any(f.path.endswith((".safetensors", ".bin", ".pt", ".pth")) for f in selection.files):
+        raise InstallError(f"{options.model} has no weight files (safetensors or PyTorch) at its top level.")
+    if selection.pickle_only:
+        if not options.allow_pickle:
+            raise InstallError(
+                f"{options.model} ships only pickle (.bin/.pt) weights, which can run code when loaded; "
+                "re-run with --allow-pickle if you trust it."
+            )
+        echo("Warning: installing pickle weights (.bin/.pt); loading them can execute code from the repository.")
+
+
+def _check_disk(selection: Selection, weights_dir: Path, force: bool) -> int:
+    needed = selection.total_bytes if force else bytes_still_needed(selection, weights_dir)
+    free = free_disk_bytes(weights_dir)
+    if needed + DISK_MARGIN_BYTES > free:
+        raise InstallError(
+            f"Not enough disk space in {weights_dir.parent}: need {human_bytes(needed + DISK_MARGIN_BYTES)}, "
+            f"{human_bytes(free)} free."
+        )
+    return needed
+
+
+def install_extra_requirements(handler: ModelHandler, model_dir: ModelDir, echo: Callable[[str], None]) -> list[str]:
+    """pip-install the handler's extra packages into <model dir>/.deps unless the shared environment has them."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for spec in handler.extra_requirements:
+        requirement = Requirement(spec)
+        try:
+            if requirement.specifier.contains(metadata.version(requirement.name), prereleases=True):
+                continue
+        except metadata.PackageNotFoundError:
+            pass
+        missing.append(spec)
+    if missing:
+        echo(f"Installing extra packages for the {handler.name} handler into {model_dir.deps}: {', '.join(missing)}")
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(model_dir.deps), *missing]
+        if subprocess.run(command, check=False).returncode != 0:
+            raise InstallError(f"pip could not install {', '.join(missing)} for the {handler.name} handler.")
+    return list(handler.extra_requirements)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _build_info(options, meta, handler, selection, records, extra) -> dict:
+    parameters, parameter_source = parameter_count(meta, options.trust_remote_code)
+    return {
+        "complete": True,
+        "source": meta.source,
+        "source_kind": meta.kind,
+        "revision": meta.revision,
+        "family": meta.config.get("model_type"),
+        "architecture": (meta.config.get("architectures") or [None])[0],
+        "handler": handler.name,
+        "parameters": parameters,
+        "parameters_from": parameter_source,
+        "dtype": native_dtype(meta),
+        "trust_remote_code": options.trust_remote_code,
+        "defaults": {"quantization": options.quantization, "dtype": options.dtype, "device": options.device},
+        "lora": {
+            "rank": handler.lora_rank(parameters or 0),
+            "alpha": handler.lora_alpha(parameters or 0),
+            "target_modules": list(handler.target_modules),
+        },
+        "extra_requirements": extra,
+        "files": records,
+        "download_bytes": selection.total_bytes,
+        "installed_at": _now(),
+        "installer_version": __version__,
+    }
+
+
+def install(options: InstallOptions, echo: Callable[[str], None] = print) -> InstallResult:
+    """Install (or resume installing) a model; returns where it went and its model_info."""
+    started = time.monotonic()
+    kind = source_kind(options.model)
+    name = validate_name(options.name) if options.name else directory_name(options.model)
+    model_dir = ModelDir(options.models_dir / name)
+    if model_dir.status() == "ready" and not options.force:
+        previous = model_dir.read_info() or {}
+        if previous.get("source") not in (None, options.model):
+            raise InstallError(f"{model_dir.root} already holds {previous['source']}; choose another --name.")
+        echo(f"{options.model} is already installed in {model_dir.root} (use --force to reinstall).")
+        return InstallResult(model_dir, previous, already_installed=True)
+
+    meta = None if kind == "builtin" else read_metadata(options.model, options.revision)
+    if meta is not None:
+        handler = handler_for_config(meta.config)
+        check_compatible(options, meta, handler)
+        selection = select_files(meta.files)
+        _check_pickles(selection, options, echo)
+        needed = _check_disk(selection, model_dir.weights, options.force)
+        echo(f"Installing {options.model} ({handler.name} handler) into {model_dir.root}: "
+             f"{len(selection.files)} files, {human_bytes(needed)} to fetch.")
+
+    model_dir.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(model_dir.marker, {"source": options.model, "started_at": _now()})
+    fetch_mode = "downloaded"
+    if kind == "builtin":
+        echo(f"Building {options.model} offline into {model_dir.root} ...")
+        build_builtin(options.model.split(":", 1)[1], model_dir.weights)
+        meta = local_metadata(model_dir.weights, source=options.model, kind="builtin")
+        meta.revision = f"llm-installer-{__version__}"
+        handler = handler_for_config(meta.config)
+        selection = select_files(files_on_disk(model_dir.weights))
+        fetch_mode = "built"
+    elif kind == "local":
+        _validate_loadable(meta)
+        model_dir.weights.mkdir(parents=True, exist_ok=True)
+        fetch_mode = fetch_from_directory(meta.local_path, selection, model_dir.weights, options.force)
+    else:
+        fetch_from_hub(meta, selection, model_dir.weights, options.force)
+
+    records = verify(selection, model_dir.weights)
+    extra = install_extra_requirements(handler, model_dir, echo)
+    info = _build_info(options, meta, handler, selection, records, extra)
+    render_wrappers(model_dir, info)
+    model_dir.write_info(info)
+    model_dir.marker.unlink(missing_ok=True)
+    return InstallResult(model_dir, info, seconds=time.monotonic() - started, fetch_mode=fetch_mode)
+
+
+def _validate_loadable(meta: ModelMetadata) -> None:
+    """A local source must parse as a transformers config and have a tokenizer."""
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(str(meta.local_path), trust_remote_code=False)
+    except Exception as exc:
+        if "trust_remote_code" not in str(exc):
+            raise SourceError(f"{meta.local_path} is not a loadable model: {str(exc).splitlines()[0]}") from exc
+    names = {f.path for f in meta.files}
+    if not names & {"tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"}:
+        raise SourceError(f"{meta.local_path} has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json).")
+
+
+def model_info_json(model_dir: ModelDir) -> str:
+    """Pretty model_info.json for display."""
+    return json.dumps(model_dir.read_info(), indent=2)

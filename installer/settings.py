@@ -1,0 +1,65 @@
+"""Where models live: --models-dir, then LLM_MODELS_DIR, then the config file, then ~/LLM/models."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+DEFAULT_MODELS_DIR = Path("~/LLM/models")
+MODELS_DIR_ENV = "LLM_MODELS_DIR"
+CONFIG_ENV = "LLM_INSTALLER_CONFIG"
+INSTALLER_HOME = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A config file or directory name the user must fix."""
+
+
+def config_path() -> Path:
+    """The config file: $LLM_INSTALLER_CONFIG, else $XDG_CONFIG_HOME/llm-installer/config.json."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser()
+    return base / "llm-installer" / "config.json"
+
+
+def read_config() -> dict:
+    """The config file's settings ({} when there is none)."""
+    path = config_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"Cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"Config file {path} must hold a JSON object.")
+    return data
+
+
+def models_dir(option: str | os.PathLike | None = None) -> Path:
+    """The models directory, by precedence: option, environment, config file, default."""
+    chosen = option or os.environ.get(MODELS_DIR_ENV) or read_config().get("models_dir") or DEFAULT_MODELS_DIR
+    return Path(chosen).expanduser().resolve()
+
+
+def directory_name(model: str) -> str:
+    """Directory name for a model source: org/name -> org_name, builtin:x -> builtin_x, path -> basename."""
+    if model.startswith("builtin:"):
+        name = "builtin_" + model.split(":", 1)[1]
+    elif os.path.isdir(os.path.expanduser(model)):
+        name = Path(model).expanduser().resolve().name
+    else:
+        name = model.replace("/", "_")
+    return validate_name(name)
+
+
+def validate_name(name: str) -> str:
+    """A model directory name: one path component of safe characters."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name or "") or name in {".", ".."}:
+        raise SettingsError(
+            f"Invalid model name {name!r}: use letters, digits, '.', '_', '+' or '-', starting with a letter or digit."
+        )
+    return name
