@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .hub_errors import hub_errors
+from .hub_errors import hub_errors, hub_kwargs
 from .model_dir import is_weight_file
 from .selection import Selection
 from .sources import ModelMetadata, RepoFile
@@ -43,6 +43,9 @@ def fetch_from_hub(meta: ModelMetadata, selection: Selection, target: Path, forc
     """Download the selected files with huggingface_hub; interrupted downloads resume on the next call."""
     from huggingface_hub import snapshot_download
 
+    # A killed process leaves uniquely named partial files that are never reused: drop them.
+    for stale in (target / ".cache").rglob("*.incomplete") if (target / ".cache").exists() else ():
+        stale.unlink(missing_ok=True)
     with hub_errors(meta.source, meta.revision):
         snapshot_download(
             meta.source,
@@ -51,6 +54,8 @@ def fetch_from_hub(meta: ModelMetadata, selection: Selection, target: Path, forc
             allow_patterns=[f.path for f in selection.files],
             force_download=force,
             max_workers=4,
+            endpoint=hub_kwargs()["endpoint"],
+            token=os.environ.get("HF_TOKEN") or None,
         )
 
 

@@ -7,8 +7,25 @@ import os
 from collections.abc import Iterator
 
 
+OFFLINE_VALUES = {"1", "true", "yes", "on"}
+
+
 class HubError(RuntimeError):
     """A Hub failure explained in one sentence."""
+
+
+def hub_kwargs() -> dict:
+    """Endpoint and cache read from the environment now (huggingface_hub reads them once at import)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return {
+        "endpoint": os.environ.get("HF_ENDPOINT") or None,
+        "cache_dir": os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"),
+    }
+
+
+def is_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for no network at all."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in OFFLINE_VALUES
 
 
 @contextlib.contextmanager
@@ -16,6 +33,8 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
     """Re-raise Hub exceptions as HubError with a clear message."""
     from huggingface_hub import errors
 
+    if is_offline():
+        raise HubError(f"Cannot reach the Hub for {repo_id}: offline mode is on (HF_HUB_OFFLINE).")
     token_hint = "" if os.environ.get("HF_TOKEN") else " Set HF_TOKEN (or run `hf auth login`) with a token that has access."
     try:
         yield

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hub_errors import hub_errors
+from .hub_errors import hub_errors, hub_kwargs
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
@@ -122,7 +122,8 @@ def hub_metadata(repo_id: str, revision: str | None = None) -> ModelMetadata:
     """Metadata from the Hub (or HF_ENDPOINT): file list with sizes, config, tokenizer config, safetensors headers."""
     from huggingface_hub import HfApi, hf_hub_download
 
-    api = HfApi()
+    settings = hub_kwargs()
+    api = HfApi(endpoint=settings["endpoint"], token=os.environ.get("HF_TOKEN") or None)
     with hub_errors(repo_id, revision):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         files = [
@@ -131,10 +132,10 @@ def hub_metadata(repo_id: str, revision: str | None = None) -> ModelMetadata:
         names = {f.path for f in files}
         if "config.json" not in names:
             raise SourceError(f"{repo_id} has no config.json: it is not a transformers model repository.")
-        config = _read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha)))
+        config = _read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha, **settings)))
         tokenizer_config = None
         if TOKENIZER_CONFIG in names:
-            tokenizer_config = _read_json(Path(hf_hub_download(repo_id, TOKENIZER_CONFIG, revision=info.sha)))
+            tokenizer_config = _read_json(Path(hf_hub_download(repo_id, TOKENIZER_CONFIG, revision=info.sha, **settings)))
         meta = ModelMetadata(
             source=repo_id, kind="hub", config=config, files=files, tokenizer_config=tokenizer_config,
             revision=info.sha, gated=bool(getattr(info, "gated", False)),
