@@ -42,7 +42,7 @@ def _torch() -> list[Finding]:
     else:
         findings.append(Finding("warn", "cuda", "not available: training and serving run on the CPU (slow)"))
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    findings.append(Finding("ok" if mps else "ok", "mps", "available" if mps else "not available (Apple GPUs only)"))
+    findings.append(Finding("ok", "mps", "available" if mps else "not available (Apple GPUs only)"))
     return findings
 
 
@@ -50,7 +50,8 @@ def _gpus() -> list[Finding]:
     machine = machine_info()
     findings = [Finding("ok", f"gpu {i}", f"{g.name}, {human_bytes(g.total_bytes)}") for i, g in enumerate(machine.gpus)]
     level = "ok" if machine.ram_total >= LOW_RAM_BYTES else "warn"
-    findings.append(Finding(level, "ram", f"{human_bytes(machine.ram_total)} total, {human_bytes(machine.ram_available)} available"))
+    ram = f"{human_bytes(machine.ram_total)} total, {human_bytes(machine.ram_available)} available"
+    findings.append(Finding(level, "ram", ram))
     return findings
 
 
@@ -83,7 +84,8 @@ def _hub() -> list[Finding]:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     return [
         Finding("ok" if token else "warn", "hf token", "present" if token else "absent: gated models cannot be downloaded"),
-        Finding("warn" if offline else "ok", "offline mode", "on (HF_HUB_OFFLINE): only local and built-in models" if offline else "off"),
+        Finding("warn" if offline else "ok", "offline mode",
+                "on (HF_HUB_OFFLINE): only local and built-in models" if offline else "off"),
         Finding("ok", "hub endpoint", os.environ.get("HF_ENDPOINT") or "https://huggingface.co"),
     ]
 

@@ -6,7 +6,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-
 OFFLINE_VALUES = {"1", "true", "yes", "on"}
 
 

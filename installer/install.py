@@ -16,8 +16,8 @@ from handlers import ModelHandler, handler_for_config
 from . import __version__
 from .estimate import native_dtype, parameter_count
 from .fetch import (
-    bytes_still_needed,
     build_builtin,
+    bytes_still_needed,
     fetch_from_directory,
     fetch_from_hub,
     files_on_disk,

@@ -1,11 +1,11 @@
 """Parameter counts from config.json and file selection."""
 
 import pytest
+from tiny_models import tiny_config
 
 from installer.estimate import _analytic_parameters, memory_table, parameters_from_config
 from installer.selection import select_files
 from installer.sources import RepoFile
-from tiny_models import tiny_config
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma", "phi", "phi3", "gpt2", "gpt_neox"])

@@ -1,12 +1,12 @@
 """Handler registry: lookup, validation, rank rule, and target modules that really exist."""
 
 import pytest
+from tiny_models import FAMILIES, tiny_config
 
 import handlers
 from handlers import ModelHandler, auto_lora_rank, handler_for_config
 from handlers.generic import discover_linear_targets
 from handlers.registry import register
-from tiny_models import FAMILIES, tiny_config
 
 
 @pytest.mark.parametrize(

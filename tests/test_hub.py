@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
 from hub_standin import HubStandIn
 from tiny_models import build_tiny_model

@@ -1,0 +1,77 @@
+"""train.sh in an installed model's directory: adapter outputs and clean data errors."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = ROOT / "examples" / "data"
+
+
+@pytest.fixture
+def model_dir(builtin_model_dir, tmp_path):
+    target = tmp_path / "m"
+    shutil.copytree(builtin_model_dir, target, symlinks=True)
+    from installer.model_dir import ModelDir
+    from installer.render import render_wrappers
+
+    render_wrappers(ModelDir(target), json.loads((target / "model_info.json").read_text()))
+    return target
+
+
+def _train(model_dir, *args):
+    return subprocess.run([str(model_dir / "train.sh"), "--no-tensorboard", "--skip-test", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_train_writes_adapter_and_keeps_previous(model_dir):
+    result = _train(model_dir, "--data", str(EXAMPLES / "quickstart_qa.json"), "--mode", "fast")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lora = model_dir / "lora"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "adapter_info.json"):
+        assert (lora / name).is_file(), name
+    info = json.loads((lora / "adapter_info.json").read_text())
+    assert info["mode"] == "fast" and info["stop_reason"] and info["data"][0]["sha256"]
+    assert "Stopped:" in result.stdout and "Training report" in result.stdout
+    assert (model_dir / "training_history.png").is_file() and (model_dir / "checkpoints" / "last").is_dir()
+    again = _train(model_dir, "--data", str(EXAMPLES / "alpaca_sample.json"), "--mode", "fast")
+    assert again.returncode == 0, again.stderr
+    assert (model_dir / "lora.prev" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[{\"question\": \"a\", \"answer\": \"b\"},", "malformed JSON at line"),
+    ("[]", "dataset is empty"),
+    ("[{\"foo\": 1}]", "unknown dataset format"),
+    ("[{\"question\": \"only a question\"}, {\"question\": \"q\"}]", "unknown dataset format"),
+])
+def test_bad_data_is_one_clear_line(model_dir, tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = _train(model_dir, "--data", str(bad))
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (model_dir / "lora").exists()
+
+
+def test_missing_data_flag_and_bad_mode(model_dir):
+    assert _train(model_dir).returncode == 2
+    result = _train(model_dir, "--data", "x.json", "--mode", "turbo")
+    assert result.returncode == 2 and "Unknown mode" in result.stderr
+
+
+def test_packed_rows_do_not_attend_across_examples():
+    import torch
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    first, second = torch.randint(5, 300, (1, 7)), torch.randint(5, 300, (1, 5))
+    positions = torch.cat([torch.arange(7), torch.arange(5)]).unsqueeze(0)
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([first, second], 1), position_ids=positions, use_cache=False).logits
+        alone = model(input_ids=second, use_cache=False).logits
+    assert torch.allclose(packed[0, 7:], alone[0], atol=1e-5)

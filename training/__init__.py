@@ -1,0 +1,1 @@
+"""The shared LoRA training engine behind every model's train.sh."""

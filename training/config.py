@@ -1,0 +1,182 @@
+"""Training configuration: one dataclass whose fields are the command-line flags.
+
+Each field's metadata carries its help text (and CLI spelling where it differs), so the
+argparse parser is generated here, in one place, from the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
+MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
+OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
+FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision")
+DEFAULT_LEARNING_RATE = 2e-4
+DEFAULT_TENSORBOARD_PORT = 6006
+
+
+@dataclass(frozen=True)
+class ModePreset:
+    """How a mode shapes training."""
+
+    lr_multiplier: float
+    epochs: float
+    evals_per_epoch: int
+    description: str
+
+
+MODE_PRESETS = {
+    "slow": ModePreset(0.5, 5, 1, "0.5x learning rate, 5 epochs, one evaluation per epoch"),
+    "medium": ModePreset(1.0, 3, 2, "standard learning rate, 3 epochs, two evaluations per epoch"),
+    "fast": ModePreset(2.0, 1, 5, "2x learning rate, 1 epoch, five evaluations per epoch"),
+    "adaptive": ModePreset(1.0, 3, 2, "starts like medium; lowers the learning rate on plateaus and changes "
+                                      "evaluation frequency with the validation trend"),
+    "non-stop": ModePreset(0.3, math.inf, 1, "0.3x learning rate, no epoch limit, runs until interrupted"),
+}
+
+
+class ConfigError(ValueError):
+    """A flag value the user must fix."""
+
+
+def _opt(help_text: str, default=MISSING, **extra):
+    meta = {"help": help_text, **extra}
+    if default is MISSING:
+        return field(metadata=meta)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of train.sh / train_lora.py."""
+
+    data: str | None = _opt("Dataset: file, directory, quoted glob, comma-separated list, NAME:SPLIT from the "
+                            "Hugging Face Hub, or a datasets.save_to_disk directory.", None)
+    model_dir: Path | None = _opt("Installed model directory (train.sh passes it).", None)
+    model_path: Path | None = _opt("Model weights directory (default: MODEL_DIR/model).", None)
+    output: Path | None = _opt("Adapter output directory (default: MODEL_DIR/lora).", None)
+    mode: str = _opt("Training mode: slow|medium|fast|adaptive|non-stop (aliases quality, balanced, quick).",
+                     "medium")
+    circular: bool = _opt("Cycle through a small dataset, growing the batch size, until perfect loss or "
+                          "--max-circular-epochs.", False)
+    max_circular_epochs: int = _opt("Cycle limit for --circular.", 100)
+    force_epochs: bool = _opt("Train exactly the requested epochs/cycles; every auto-stop condition is off.", False)
+    epochs: float | None = _opt("Epochs (default from the mode).", None)
+    learning_rate: float | None = _opt("Learning rate (default 2e-4 times the mode's multiplier).", None)
+    batch_size: int | None = _opt("Packed sequences per step (default: from memory and sequence length).", None)
+    gradient_accumulation_steps: int = _opt("Steps to accumulate before each optimizer update.", 1)
+    max_seq_length: int | None = _opt("Longest sequence in tokens; longer examples are truncated "
+                                      "(default: handler limit, model limit and data).", None)
+    lora_r: int | None = _opt("LoRA rank (default: from model size via the handler).", None)
+    lora_alpha: int | None = _opt("LoRA alpha (default: 2 x rank).", None)
+    lora_dropout: float = _opt("LoRA dropout.", 0.05)
+    target_modules: str | None = _opt("Comma-separated module names to adapt, or 'all-linear' "
+                                      "(default: the handler's).", None)
+    method: str = _opt("lora, or qlora (4-bit nf4 base weights).", "lora", choices=("lora", "qlora"))
+    use_8bit: bool = _opt("Load the base model in 8-bit (bitsandbytes).", False)
+    optimizer: str = _opt("Optimizer.", "adamw_torch", choices=OPTIMIZERS)
+    dataset_format: str | None = _opt("Force a dataset format instead of detecting it.", None, choices=FORMATS)
+    max_examples: int | None = _opt("Use at most this many examples.", None)
+    validation_split: float = _opt("Fraction of examples held out for validation.", 0.1)
+    seed: int = _opt("Random seed (shuffling, split, initialisation).", 42)
+    train_on_prompt: bool = _opt("Also compute loss on prompt/user tokens.", False)
+    patience: int | None = _opt("Evaluations without improvement before stopping (default: 3 for QA/"
+                                "instructions, 5 for text).", None)
+    overfitting_threshold: float | None = _opt("Allowed validation-over-training loss gap, as a fraction "
+                                               "(default: 0.10 QA/instructions, 0.20 text).", None)
+    resume: bool = _opt("Continue from the latest checkpoint in checkpoints/.", False)
+    resume_from: Path | None = _opt("Continue from this checkpoint directory.", None)
+    device: str = _opt("cpu, cuda, mps or auto.", "auto", choices=("auto", "cpu", "cuda", "mps"))
+    no_tensorboard: bool = _opt("Do not start TensorBoard.", False)
+    tensorboard_port: int = _opt("Port for TensorBoard on localhost.", DEFAULT_TENSORBOARD_PORT)
+    tensorboard_only: int | None = _opt("Only serve past training logs with TensorBoard [PORT].", None,
+                                        nargs="?", const=DEFAULT_TENSORBOARD_PORT)
+    skip_test: bool = _opt("Skip the before/after sample answer at the end.", False)
+    save_total_limit: int = _opt("Numbered checkpoints to keep.", 3)
+
+    def validate(self) -> TrainConfig:
+        """Normalise aliases and refuse impossible values; returns self."""
+        self.mode = MODE_ALIASES.get(self.mode, self.mode)
+        if self.mode not in MODES:
+            raise ConfigError(f"Unknown mode '{self.mode}'; choose one of: {', '.join(MODES)} "
+                              f"(or {', '.join(MODE_ALIASES)}).")
+        checks = [
+            (self.tensorboard_only is None and not self.data, "--data is required (a file, directory, glob or "
+                                                               "NAME:SPLIT)."),
+            (self.model_dir is None and self.model_path is None, "Give --model-dir or --model-path."),
+            (not 0 <= self.validation_split < 1, "--validation-split must be at least 0 and below 1."),
+            (self.epochs is not None and self.epochs <= 0, "--epochs must be positive."),
+            (self.learning_rate is not None and self.learning_rate <= 0, "--learning-rate must be positive."),
+            (self.batch_size is not None and self.batch_size < 1, "--batch-size must be at least 1."),
+            (self.gradient_accumulation_steps < 1, "--gradient-accumulation-steps must be at least 1."),
+            (self.max_seq_length is not None and self.max_seq_length < 8, "--max-seq-length must be at least 8."),
+            (self.lora_r is not None and self.lora_r < 1, "--lora-r must be at least 1."),
+            (self.max_circular_epochs < 1, "--max-circular-epochs must be at least 1."),
+            (self.max_examples is not None and self.max_examples < 1, "--max-examples must be at least 1."),
+            (self.patience is not None and self.patience < 1, "--patience must be at least 1."),
+            (self.overfitting_threshold is not None and self.overfitting_threshold <= 0,
+             "--overfitting-threshold must be positive."),
+            (self.method == "qlora" and self.use_8bit, "--method qlora and --use-8bit exclude each other."),
+            (self.resume and self.resume_from is not None, "Give --resume or --resume-from, not both."),
+        ]
+        for failed, message in checks:
+            if failed:
+                raise ConfigError(message)
+        return self
+
+    @property
+    def preset(self) -> ModePreset:
+        return MODE_PRESETS[self.mode]
+
+    def resolved_paths(self) -> tuple[Path, Path, Path]:
+        """(model weights, adapter output, working directory for checkpoints/logs)."""
+        base = Path(self.model_dir).resolve() if self.model_dir else None
+        model_path = Path(self.model_path).resolve() if self.model_path else base / "model"
+        output = Path(self.output).resolve() if self.output else (base or model_path.parent) / "lora"
+        workdir = base or output.parent
+        return model_path, output, workdir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per TrainConfig field."""
+    parser = argparse.ArgumentParser(
+        prog="train.sh",
+        description="LoRA fine-tuning of the installed model. Stops before it overfits and keeps the best adapter "
+                    "in ./lora.",
+        epilog="Examples: ./train.sh --data 'data/*.json' --circular | ./train.sh --data data.json --mode fast",
+    )
+    for spec in fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        meta = dict(spec.metadata)
+        kwargs = {"help": meta.pop("help"), "dest": spec.name}
+        if spec.type in ("bool", bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _argument_type(spec.type)
+            kwargs["default"] = spec.default if spec.default is not MISSING else None
+            kwargs.update(meta)
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def _argument_type(annotation):
+    text = str(annotation)
+    if "Path" in text:
+        return Path
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse command-line flags into a validated TrainConfig."""
+    namespace = build_parser().parse_args(argv)
+    return TrainConfig(**vars(namespace)).validate()

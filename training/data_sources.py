@@ -1,0 +1,188 @@
+"""Reading --data: files, directories, globs, comma lists, Hub datasets and save_to_disk folders,
+into records (dicts) tagged with where they came from."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import FORMATS
+
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad data: the message names the file and record."""
+
+
+@dataclass
+class SourceRecords:
+    """The records of one source, with the format its folder name forces (if any)."""
+
+    origin: str
+    records: list[dict]
+    forced_format: str | None = None
+    sha256: str | None = None
+    text_lines: bool = False
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (bad byte at line {line}); re-save the file as UTF-8.") from exc
+
+
+def _read_json(path: Path) -> list[dict]:
+    text = _decode(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from exc
+    if isinstance(data, dict):
+        lists = [value for value in data.values() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: a JSON object must wrap exactly one list of examples.")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of examples.")
+    return data
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(_decode(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON on line {number}: {exc.msg}.") from exc
+    return records
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[dict]:
+    reader = csv.DictReader(_decode(path).splitlines(), delimiter=delimiter)
+    if not reader.fieldnames:
+        return []
+    return [dict(row) for row in reader]
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read Parquet: {exc}.") from exc
+
+
+def read_file(path: Path, forced_format: str | None = None) -> SourceRecords:
+    """Records of one data file."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        records = [{"text": line} for line in _decode(path).splitlines() if line.strip()]
+    elif suffix == ".json":
+        records = _read_json(path)
+    elif suffix == ".jsonl":
+        records = _read_jsonl(path)
+    elif suffix in (".csv", ".tsv"):
+        records = _read_delimited(path, "," if suffix == ".csv" else "\t")
+    elif suffix == ".parquet":
+        records = _read_parquet(path)
+    else:
+        raise DataError(f"{path}: unsupported file type '{suffix}' (supported: {', '.join(FILE_SUFFIXES)}).")
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: record {number} is a {type(record).__name__}, expected an object.")
+    return SourceRecords(str(path), records, forced_format, _sha256(path), text_lines=suffix == ".txt")
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _read_saved_dataset(path: Path) -> SourceRecords:
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(str(path))
+    if isinstance(dataset, DatasetDict):
+        split = "train" if "train" in dataset else next(iter(dataset))
+        dataset = dataset[split]
+    return SourceRecords(str(path), dataset.to_list())
+
+
+def _directory_files(directory: Path, forced_format: str | None) -> list[SourceRecords]:
+    if _is_saved_dataset(directory):
+        return [_read_saved_dataset(directory)]
+    found = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            sub_format = entry.name.lower() if entry.name.lower() in FORMATS else forced_format
+            found += _directory_files(entry, sub_format)
+        elif entry.suffix.lower() in FILE_SUFFIXES:
+            found.append(read_file(entry, forced_format))
+    return found
+
+
+def _hub_dataset(spec: str) -> SourceRecords:
+    from datasets import load_dataset
+
+    name, _, split = spec.rpartition(":")
+    try:
+        dataset = load_dataset(name, split=split or "train")
+    except Exception as exc:
+        raise DataError(f"Cannot load Hugging Face dataset '{name}' split '{split}': "
+                        f"{str(exc).splitlines()[0]}") from exc
+    return SourceRecords(f"hf:{spec}", dataset.to_list())
+
+
+def _looks_like_hub_spec(part: str) -> bool:
+    name, sep, split = part.rpartition(":")
+    return bool(sep and name and split and "*" not in part and not os.path.exists(part)
+                and not name.endswith(FILE_SUFFIXES))
+
+
+def load_sources(spec: str) -> list[SourceRecords]:
+    """Every source named by a --data value."""
+    sources: list[SourceRecords] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        path = Path(part).expanduser()
+        if any(ch in part for ch in "*?["):
+            matches = sorted(glob.glob(str(path), recursive=True))
+            if not matches:
+                raise DataError(f"No files match '{part}'.")
+            for match in matches:
+                match_path = Path(match)
+                if match_path.is_dir():
+                    sources += _directory_files(match_path, None)
+                elif match_path.suffix.lower() in FILE_SUFFIXES:
+                    sources.append(read_file(match_path))
+        elif path.is_dir():
+            found = _directory_files(path, None)
+            if not found:
+                raise DataError(f"{path} holds no data files ({', '.join(FILE_SUFFIXES)}).")
+            sources += found
+        elif path.is_file():
+            sources.append(read_file(path))
+        elif _looks_like_hub_spec(part):
+            sources.append(_hub_dataset(part))
+        else:
+            raise DataError(f"Data not found: '{part}' is not a file, directory, glob or NAME:SPLIT.")
+    return sources

@@ -1,0 +1,186 @@
+"""Dataset formats: detected from the keys of each file's records, converted to one shape.
+
+A chat-like record (alpaca, ShareGPT, OpenAI messages, QA) becomes a list of messages
+rendered later with the model's chat template; completion and text records become a
+prompt/completion pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .data_sources import DataError, SourceRecords
+
+KNOWN_FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision")
+TEXT_TASK_FORMATS = {"text", "completion"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
+                  "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant"}
+VALID_ROLES = {"system", "user", "assistant", "tool"}
+IMAGE_KEYS = ("image", "images", "image_path", "image_url")
+
+# (format, keys that must all be present) in detection order.
+SIGNATURES = (
+    ("openai", ("messages",)),
+    ("sharegpt", ("conversations",)),
+    ("vision", ("image",)),
+    ("vision", ("images",)),
+    ("alpaca", ("instruction", "output")),
+    ("qa", ("question", "answer")),
+    ("completion", ("prompt", "completion")),
+    ("text", ("text",)),
+)
+REQUIRED = {"openai": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
+            "qa": ("question", "answer"), "completion": ("prompt", "completion"), "text": ("text",), "vision": ()}
+
+
+@dataclass
+class Example:
+    """One training example in canonical form."""
+
+    format: str
+    origin: str
+    index: int
+    messages: list[dict] = field(default_factory=list)
+    prompt: str = ""
+    completion: str = ""
+    image: str | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(self.messages)
+
+
+def detect_format(record: dict) -> str | None:
+    """The format a record's keys say it is in (None if unknown)."""
+    keys = set(record)
+    for name, needed in SIGNATURES:
+        if keys.issuperset(needed):
+            return name
+    return None
+
+
+def _text(value, where: str, key: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    raise DataError(f"{where}: field '{key}' must be text, got {type(value).__name__}.")
+
+
+def _tool_calls(raw, where: str) -> list[dict]:
+    calls = []
+    for call in raw or []:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or "name" not in function:
+            raise DataError(f"{where}: every tool call needs a 'name'.")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        calls.append({"type": "function", "function": {"name": function["name"], "arguments": arguments}})
+    return calls
+
+
+def _openai(record: dict, where: str) -> list[dict]:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list.")
+    out = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or "role" not in message:
+            raise DataError(f"{where}: message {number} needs a 'role'.")
+        role = message["role"]
+        if role not in VALID_ROLES:
+            raise DataError(f"{where}: message {number} has unknown role '{role}' "
+                            f"(known: {', '.join(sorted(VALID_ROLES))}).")
+        converted = {"role": role, "content": _text(message.get("content"), where, "content")}
+        if message.get("tool_calls"):
+            converted["tool_calls"] = _tool_calls(message["tool_calls"], where)
+        out.append(converted)
+    return out
+
+
+def _sharegpt(record: dict, where: str) -> list[dict]:
+    turns = record["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: 'conversations' must be a non-empty list.")
+    out = []
+    if record.get("system"):
+        out.append({"role": "system", "content": _text(record["system"], where, "system")})
+    for number, turn in enumerate(turns, start=1):
+        speaker = str(turn.get("from", turn.get("role", ""))).lower() if isinstance(turn, dict) else ""
+        if speaker not in SHAREGPT_ROLES:
+            raise DataError(f"{where}: turn {number} has unknown speaker '{speaker}'.")
+        out.append({"role": SHAREGPT_ROLES[speaker],
+                    "content": _text(turn.get("value", turn.get("content")), where, "value")})
+    return out
+
+
+def _alpaca(record: dict, where: str) -> list[dict]:
+    instruction = _text(record["instruction"], where, "instruction")
+    extra = _text(record.get("input"), where, "input")
+    messages = [{"role": "system", "content": _text(record["system"], where, "system")}] if record.get("system") else []
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return messages + [{"role": "user", "content": user},
+                       {"role": "assistant", "content": _text(record["output"], where, "output")}]
+
+
+def _qa(record: dict, where: str) -> list[dict]:
+    question = _text(record["question"], where, "question")
+    context = _text(record.get("context"), where, "context")
+    answer = record["answer"]
+    if isinstance(answer, dict) and "text" in answer:  # SQuAD-style {"text": [...], "answer_start": [...]}
+        answer = answer["text"]
+    if isinstance(answer, list):
+        answer = answer[0] if answer else ""
+    user = f"{context}\n\n{question}" if context.strip() else question
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": _text(answer, where, "answer")}]
+
+
+CHAT_CONVERTERS = {"openai": _openai, "sharegpt": _sharegpt, "alpaca": _alpaca, "qa": _qa}
+
+
+def convert_record(record: dict, fmt: str, origin: str, index: int) -> Example:
+    """One record in format `fmt` as an Example; DataError names the file and record on problems."""
+    where = f"{origin}, record {index + 1}"
+    missing = [key for key in REQUIRED[fmt] if key not in record]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)} for {fmt} format.")
+    if fmt in CHAT_CONVERTERS:
+        return Example(fmt, origin, index, messages=CHAT_CONVERTERS[fmt](record, where))
+    if fmt == "completion":
+        return Example(fmt, origin, index, prompt=_text(record["prompt"], where, "prompt"),
+                       completion=_text(record["completion"], where, "completion"))
+    if fmt == "text":
+        return Example(fmt, origin, index, completion=_text(record["text"], where, "text"))
+    image = next((record[k] for k in IMAGE_KEYS if k in record), None)
+    caption = record.get("caption") or record.get("answer") or record.get("text") or ""
+    question = record.get("question") or "Describe the image."
+    return Example(fmt, origin, index, image=str(image), messages=[
+        {"role": "user", "content": _text(question, where, "question")},
+        {"role": "assistant", "content": _text(caption, where, "caption")}])
+
+
+def examples_from_source(source: SourceRecords, forced: str | None) -> list[Example]:
+    """All records of one source as Examples, in the forced format or the one detected from its keys."""
+    if not source.records:
+        return []
+    fmt = forced or source.forced_format or detect_format(source.records[0])
+    if fmt is None:
+        keys = ", ".join(sorted(source.records[0])) or "none"
+        raise DataError(f"{source.origin}: unknown dataset format (record keys: {keys}); known formats: "
+                        f"{', '.join(KNOWN_FORMATS)} (use --dataset-format to force one).")
+    if fmt == "text" and not source.text_lines and "text" not in source.records[0]:
+        raise DataError(f"{source.origin}: text format needs a 'text' field.")
+    return [convert_record(record, fmt, source.origin, i) for i, record in enumerate(source.records)]
+
+
+def task_type(examples: list[Example]) -> str:
+    """'text' when every example is plain text or completion, else 'qa' (instructions, chat, QA)."""
+    return "text" if examples and all(e.format in TEXT_TASK_FORMATS for e in examples) else "qa"

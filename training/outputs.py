@@ -1,0 +1,98 @@
+"""Writing results: checkpoints, the adapter in ./lora (atomically, previous one kept),
+adapter_info.json and training_history.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def save_adapter_dir(model, directory: Path, tokenizer=None, chat_template: str | None = None) -> None:
+    """Adapter weights (safetensors, plus adapter_model.bin for tools that expect it) and config."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    torch.save(state, directory / "adapter_model.bin")
+    if chat_template:
+        (directory / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+
+
+def numbered_checkpoints(root: Path) -> list[Path]:
+    """checkpoint-N directories in numeric order of N."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    for old in numbered_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def replace_dir_atomically(staging: Path, target: Path) -> Path | None:
+    """Move `staging` to `target`; an existing target becomes target.prev (returned)."""
+    previous = target.with_name(target.name + ".prev")
+    if target.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+    os.replace(staging, target)
+    return previous if previous.exists() else None
+
+
+def publish_adapter(source: Path, output: Path, info: dict) -> Path | None:
+    """Copy an adapter directory to `output` with adapter_info.json, atomically; returns the kept previous one."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        for item in source.iterdir():
+            if item.is_file() and item.name not in (STATE_FILE, "optimizer.pt", "scheduler.pt"):
+                shutil.copy2(item, staging / item.name)
+        write_json(staging / "adapter_info.json", info)
+        return replace_dir_atomically(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """training_history.png: train and validation loss, and the learning rate, by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [h for h in history if "val_loss" in h]
+    steps = [h for h in history if "train_loss" in h and "val_loss" not in h]
+    figure, (loss_ax, lr_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    if steps:
+        loss_ax.plot([h["step"] for h in steps], [h["train_loss"] for h in steps], label="train loss", alpha=0.6)
+    if evals:
+        loss_ax.plot([h["step"] for h in evals], [h["val_loss"] for h in evals], "o-", label="validation loss")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    loss_ax.grid(alpha=0.3)
+    lr_points = [h for h in history if "lr" in h]
+    lr_ax.plot([h["step"] for h in lr_points], [h["lr"] for h in lr_points], color="tab:green")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("step")
+    lr_ax.grid(alpha=0.3)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)

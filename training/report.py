@@ -1,0 +1,71 @@
+"""The end-of-run report: why training stopped, loss before and after, and a sample answer
+from the base model and the tuned one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAMPLE_TOKENS = 48
+
+
+def _prompt_of(example) -> tuple[list[dict] | None, str]:
+    if example.is_chat:
+        turns = []
+        for message in example.messages:
+            if message["role"] == "assistant":
+                break
+            turns.append(message)
+        return turns, ""
+    return None, example.prompt or example.completion[:40]
+
+
+def _generate(model, tokenizer, messages, prompt: str, device: str) -> str:
+    import torch
+
+    if messages is not None:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = prompt
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=messages is None).to(device)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=SAMPLE_TOKENS, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def sample_answers(model, tokenizer, adapter_dir: Path, examples, held_out: bool, device: str) -> dict:
+    """Greedy answers of the base model and of the chosen adapter to one example's prompt."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors"), device=device))
+    model.eval()
+    example = examples[-1]
+    messages, prompt = _prompt_of(example)
+    tuned = _generate(model, tokenizer, messages, prompt, device)
+    with model.disable_adapter():
+        base = _generate(model, tokenizer, messages, prompt, device)
+    shown = messages[-1]["content"] if messages else prompt
+    return {"prompt": shown, "base": base, "tuned": tuned, "held_out": held_out}
+
+
+def final_report(info: dict, samples: dict | None) -> str:
+    """A short human-readable summary."""
+    metrics = info["metrics"]
+    lines = ["", "=" * 60, "Training report", "=" * 60, f"Stop reason:      {info['stop_reason']}",
+             f"Adapter kept:     {info['adapter']}"]
+    if metrics["baseline_val_loss"] is not None and metrics["best_val_loss"] is not None:
+        lines.append(f"Validation loss:  {metrics['baseline_val_loss']:.4f} before -> {metrics['best_val_loss']:.4f}"
+                     " best")
+        lines.append(f"Perplexity:       {metrics['baseline_perplexity']:.2f} before -> "
+                     f"{metrics['best_perplexity']:.2f} best")
+    lines.append(f"Steps:            {metrics['steps']} ({metrics['evaluations']} evaluations, "
+                 f"{info['timings']['seconds']:.1f}s)")
+    for change in info.get("adaptive_changes", []):
+        lines.append(f"Adaptive change:  {change}")
+    if samples:
+        label = "held-out prompt" if samples["held_out"] else "training prompt"
+        lines += [f"Sample ({label}): {samples['prompt'][:200]}", f"  base model:  {samples['base'][:300]!r}",
+                  f"  fine-tuned:  {samples['tuned'][:300]!r}"]
+    lines.append("=" * 60)
+    return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""One training run end to end: data, model, plan, loop, adapter, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import random
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from handlers import handler_for_config
+
+from . import tensorboard_server
+from .autostop import Monitor, rules_for
+from .config import DEFAULT_LEARNING_RATE, TrainConfig
+from .data_sources import DataError, load_sources
+from .formats import examples_from_source, task_type
+from .loop import LoopState, Plan, StopSignal, Trainer
+from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
+from .outputs import numbered_checkpoints, plot_history, publish_adapter
+from .packing import pack
+from .report import final_report, sample_answers
+from .tokenize import ensure_chat_template, tokenize_all
+
+log = logging.getLogger("train")
+MIN_VALIDATION_EXAMPLES = 5
+DEFAULT_MAX_SEQ = 2048
+CPU_BATCH_SIZE = 4
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _model_info(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / "model_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def load_examples(cfg: TrainConfig):
+    """Examples from every source, capped by --max-examples; DataError on empty data."""
+    sources = load_sources(cfg.data)
+    examples = []
+    for source in sources:
+        examples += examples_from_source(source, cfg.dataset_format)
+    if not examples:
+        raise DataError(f"The dataset is empty: no examples in {cfg.data}.")
+    if cfg.max_examples:
+        random.Random(cfg.seed).shuffle(examples)
+        examples = examples[: cfg.max_examples]
+    return sources, examples
+
+
+def split_examples(tokenized: list, cfg: TrainConfig, circular: bool):
+    """(train, validation, note): a seeded split, or the training data itself when too few are left over."""
+    order = list(range(len(tokenized)))
+    random.Random(cfg.seed).shuffle(order)
+    n_val = round(len(order) * cfg.validation_split)
+    if cfg.validation_split == 0 or n_val < MIN_VALIDATION_EXAMPLES or len(order) - n_val < 1:
+        note = (f"{len(order)} examples leave {n_val} for validation (fewer than {MIN_VALIDATION_EXAMPLES}): "
+                "validating on the training data, so auto-stop watches for perfect loss and plateaus")
+        return tokenized, tokenized, note
+    val = [tokenized[i] for i in order[:n_val]]
+    train = [tokenized[i] for i in order[n_val:]]
+    return train, val, f"{len(train)} training and {len(val)} validation examples"
+
+
+def choose_max_length(cfg: TrainConfig, handler, model_config: dict) -> int:
+    limit = cfg.max_seq_length or min(handler.max_sequence_length, DEFAULT_MAX_SEQ)
+    model_limit = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+    return min(limit, model_limit) if model_limit else limit
+
+
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = numbered_checkpoints(checkpoints)
+    return found[-1] if found else None
+
+
+def run(cfg: TrainConfig) -> int:
+    """Train as configured; returns the process exit status."""
+    model_path, output, workdir = cfg.resolved_paths()
+    if cfg.tensorboard_only is not None:
+        return tensorboard_server.serve_only(workdir, cfg.tensorboard_only)
+    if not (model_path / "config.json").is_file():
+        raise DataError(f"No model at {model_path} (config.json missing); install one with llm-installer.")
+    started = time.monotonic()
+    info = _model_info(workdir)
+    model_config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    handler = handler_for_config(model_config)
+
+    sources, examples = load_examples(cfg)
+    if any(e.format == "vision" for e in examples) and not handler.multimodal:
+        raise DataError(f"The dataset has image examples but {info.get('source', model_path.name)} "
+                        f"({handler.name}) is a text-only model; use a multimodal model or remove them.")
+    task = task_type(examples)
+    tokenizer = load_tokenizer(model_path)
+    fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
+    max_length = choose_max_length(cfg, handler, model_config)
+    tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
+    truncated = sum(t.truncated for t in tokenized)
+    formats = sorted({e.format for e in examples})
+    log.info("Data: %d examples from %d source(s), formats %s, task type %s.", len(examples), len(sources),
+             ", ".join(formats), "text generation" if task == "text" else "QA/instruction")
+    if fallback_used:
+        log.info("The model has no chat template: using the %s handler's fallback (saved with the adapter).",
+                 handler.name)
+    if truncated:
+        log.warning("%d of %d examples were truncated to --max-seq-length %d tokens.", truncated, len(tokenized),
+                    max_length)
+    train_set, val_set, split_note = split_examples(tokenized, cfg, cfg.circular)
+    log.info("Split: %s.", split_note)
+
+    row_length = min(max_length, max(len(t.input_ids) for t in tokenized))
+    train_rows = pack(train_set, row_length, cfg.seed)
+    val_rows = pack(val_set, row_length, cfg.seed)
+    packed_fill = sum(r.length for r in train_rows) / (len(train_rows) * row_length)
+    log.info("Packing: %d examples into %d rows of up to %d tokens (%.0f%% filled; median example %d tokens).",
+             len(train_set), len(train_rows), row_length, 100 * packed_fill,
+             statistics.median(len(t.input_ids) for t in train_set))
+
+    placement = choose_placement(cfg.device if cfg.device != "auto" else info.get("defaults", {}).get("device",
+                                                                                                       "auto"), handler)
+    parameters = info.get("parameters") or 0
+    model = load_base_model(model_path, placement, handler, cfg.method, cfg.use_8bit,
+                            info.get("trust_remote_code", False))
+    if not parameters:
+        parameters = sum(p.numel() for p in model.parameters())
+    rank = cfg.lora_r or handler.lora_rank(parameters)
+    alpha = cfg.lora_alpha or 2 * rank
+    targets = resolve_targets(model, handler, cfg.target_modules)
+    model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, cfg.method == "qlora" or cfg.use_8bit,
+                           handler.gradient_checkpointing)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA: rank %d%s, alpha %d, targets %s; %s trainable parameters (%.2f%% of %s).", rank,
+             "" if cfg.lora_r else " (auto from model size)", alpha, ",".join(targets), f"{trainable:,}",
+             100 * trainable / max(1, parameters), f"{parameters:,}")
+
+    preset = cfg.preset
+    circular = cfg.circular
+    epochs = cfg.max_circular_epochs if circular else (cfg.epochs or preset.epochs)
+    lr = cfg.learning_rate or DEFAULT_LEARNING_RATE * preset.lr_multiplier
+    batch = cfg.batch_size or (CPU_BATCH_SIZE if placement.device != "cuda" else 8)
+    checkpoints = workdir / "checkpoints"
+    plan = Plan(epochs=epochs, batch_size=min(batch, len(train_rows)), accumulation=cfg.gradient_accumulation_steps,
+                learning_rate=lr, evals_per_epoch=1 if circular else preset.evals_per_epoch, circular=circular,
+                adaptive=cfg.mode == "adaptive", constant_lr=cfg.mode in ("adaptive", "non-stop"),
+                optimizer=cfg.optimizer, precision=placement.precision, device=placement.device,
+                checkpoints=checkpoints, save_total_limit=cfg.save_total_limit,
+                chat_template=tokenizer.chat_template if fallback_used else None)
+    rules = rules_for(task, cfg.patience, cfg.overfitting_threshold)
+    autostop = not cfg.force_epochs and cfg.mode != "non-stop"
+    monitor = Monitor(rules, enabled=autostop)
+    log.info("Mode: %s%s — %s. %s on %s (%s), learning rate %.2e, batch %d rows x %d accumulation, optimizer %s.",
+             cfg.mode, " + circular" if circular else "", preset.description,
+             f"Up to {epochs:g} {'cycles' if circular else 'epochs'}" if not math.isinf(epochs) else "No epoch limit",
+             placement.device, placement.precision, lr, plan.batch_size, plan.accumulation, cfg.optimizer)
+    log.info("Auto-stop: %s", "off (--force-epochs)" if cfg.force_epochs else "off (non-stop runs until interrupted)"
+             if cfg.mode == "non-stop" else f"{rules.task} rules: perfect loss {rules.perfect_loss}, overfitting "
+             f"threshold {rules.overfitting_threshold:.0%}, patience {rules.patience}"
+             + (", perplexity explosion > 100" if rules.watch_perplexity else ""))
+
+    writer = _tensorboard_writer(workdir, cfg)
+    board = None if cfg.no_tensorboard else tensorboard_server.start(workdir, cfg.tensorboard_port)
+    trainer = Trainer(model, plan, train_rows, val_rows, monitor, tokenizer.pad_token_id, cfg.seed, writer,
+                      status=lambda line: log.info(line))
+    resume_dir = cfg.resume_from or (_latest_checkpoint(checkpoints) if cfg.resume else None)
+    if cfg.resume and resume_dir is None:
+        raise DataError(f"--resume: no checkpoint-N in {checkpoints}.")
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir).resolve()
+        if not (resume_dir / "adapter_model.safetensors").is_file():
+            raise DataError(f"{resume_dir} is not a checkpoint (adapter_model.safetensors missing).")
+        trainer.load_checkpoint(resume_dir)
+        log.info("Resumed from %s at step %d (epoch %d).", resume_dir, trainer.state.step, trainer.state.epoch + 1)
+    else:
+        import shutil
+
+        shutil.rmtree(trainer.best_dir, ignore_errors=True)
+
+    baseline = trainer.evaluate() if resume_dir is None else None
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=trainer.total or None, initial=trainer.state.step, desc="training", unit="step",
+                    dynamic_ncols=True, disable=None)
+    try:
+        with StopSignal() as stop:
+            reason = trainer.run(stop, progress)
+    finally:
+        progress.close()
+        if writer:
+            writer.close()
+    log.info("Stopped: %s.", reason)
+    interrupted = reason.startswith("interrupted")
+    last = trainer.save_last()
+    if trainer.best_dir.is_dir():
+        chosen, which = trainer.best_dir, f"best (step {monitor.best_step}, validation loss {monitor.best_val:.4f})"
+    else:
+        chosen, which = last, "last (no evaluation finished)"
+    adapter_info = _adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
+                                 rules, reason, monitor, trainer.state, baseline, which, started, truncated)
+    previous = publish_adapter(chosen, output, adapter_info)
+    _copy_logs(workdir, output)
+    plot_history(trainer.state.history, workdir / "training_history.png")
+    log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
+    samples = None
+    if not cfg.skip_test and not interrupted:
+        samples = sample_answers(model, tokenizer, chosen, examples, val_set is not train_set, placement.device)
+    print(final_report(adapter_info, samples), flush=True)
+    if board is not None:
+        board.terminate()
+    return 130 if interrupted and cfg.mode != "non-stop" else 0
+
+
+def _tensorboard_writer(workdir: Path, cfg: TrainConfig):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    run_name = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{cfg.mode}{'-circular' if cfg.circular else ''}"
+    return SummaryWriter(log_dir=str(workdir / "logs" / "training" / run_name))
+
+
+def _copy_logs(workdir: Path, output: Path) -> None:
+    """Keep the run's TensorBoard logs with the adapter (./lora/logs, where the guide looks)."""
+    import shutil
+
+    source = workdir / "logs" / "training"
+    if source.is_dir():
+        shutil.copytree(source, output / "logs", dirs_exist_ok=True)
+
+
+def _adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets, rules,
+                  reason, monitor, state: LoopState, baseline, which, started, truncated) -> dict:
+    best = monitor.best_val if math.isfinite(monitor.best_val) else None
+    return {
+        "base_model": info.get("source") or str(model_path),
+        "base_model_revision": info.get("revision"),
+        "base_model_path": str(model_path),
+        "data": [{"source": s.origin, "sha256": s.sha256, "records": len(s.records)} for s in sources],
+        "formats": formats,
+        "task_type": task,
+        "examples": len(examples),
+        "truncated_examples": truncated,
+        "mode": cfg.mode,
+        "circular": cfg.circular,
+        "force_epochs": cfg.force_epochs,
+        "hyperparameters": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                            "lora_r": rank, "lora_alpha": alpha, "target_modules": targets,
+                            "learning_rate": plan.learning_rate, "batch_size": plan.batch_size,
+                            "epochs": None if math.isinf(plan.epochs) else plan.epochs,
+                            "precision": plan.precision, "device": plan.device},
+        "autostop": asdict(rules) | {"enabled": monitor.enabled},
+        "stop_reason": reason,
+        "adapter": which,
+        "metrics": {"baseline_val_loss": baseline, "best_val_loss": best, "best_step": monitor.best_step,
+                    "final_train_loss": next((h["train_loss"] for h in reversed(state.history)), None),
+                    "baseline_perplexity": math.exp(min(baseline, 50)) if baseline is not None else None,
+                    "best_perplexity": math.exp(min(best, 50)) if best is not None else None,
+                    "steps": state.step, "evaluations": state.evals, "tokens": state.tokens},
+        "adaptive_changes": state.changes,
+        "timings": {"seconds": round(time.monotonic() - started, 2), "finished_at": _now()},
+        "finished_at": _now(),
+    }
