@@ -59,7 +59,8 @@ def _corpus() -> list[str]:
     return texts
 
 
-def _train_tokenizer(model_spec: BuiltinSpec, dest: Path):
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, dest: Path, max_length: int = 2048):
+    """A byte-level BPE tokenizer with ChatML special tokens and chat template, trained on `texts`, saved to `dest`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -68,19 +69,19 @@ def _train_tokenizer(model_spec: BuiltinSpec, dest: Path):
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=model_spec.vocab_size,
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|endoftext|>",
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
         unk_token=None,
-        model_max_length=model_spec.max_positions,
+        model_max_length=max_length,
     )
     fast.chat_template = CHATML_TEMPLATE
     fast.save_pretrained(dest)
@@ -94,7 +95,7 @@ def build(name: str, dest: Path) -> Path:
 
     model_spec = spec(name)
     dest.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(model_spec, dest)
+    tokenizer = train_bpe_tokenizer(_corpus(), model_spec.vocab_size, dest, model_spec.max_positions)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=model_spec.hidden_size,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handlers import CHATML_TEMPLATE
-
 VOCAB = 320
 COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
           "num_key_value_heads": 2, "max_position_embeddings": 256, "vocab_size": VOCAB}
@@ -37,23 +35,10 @@ CORPUS = [
 
 
 def train_tokenizer(dest: Path):
-    """A byte-level BPE tokenizer with ChatML special tokens, saved to `dest`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The installer's byte-level BPE tokenizer (ChatML tokens and template), trained on a test corpus."""
+    from installer.builtin import train_bpe_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<|pad|>")
-    fast.chat_template = CHATML_TEMPLATE
-    fast.save_pretrained(dest)
-    return fast
+    return train_bpe_tokenizer(CORPUS, VOCAB, dest)
 
 
 def tiny_config(model_type: str):

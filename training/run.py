@@ -57,7 +57,7 @@ def load_examples(cfg: TrainConfig):
     return sources, examples
 
 
-def split_examples(tokenized: list, cfg: TrainConfig, circular: bool):
+def split_examples(tokenized: list, cfg: TrainConfig):
     """(train, validation, note): a seeded split, or the training data itself when too few are left over."""
     order = list(range(len(tokenized)))
     random.Random(cfg.seed).shuffle(order)
@@ -113,7 +113,7 @@ def run(cfg: TrainConfig) -> int:
     if truncated:
         log.warning("%d of %d examples were truncated to --max-seq-length %d tokens.", truncated, len(tokenized),
                     max_length)
-    train_set, val_set, split_note = split_examples(tokenized, cfg, cfg.circular)
+    train_set, val_set, split_note = split_examples(tokenized, cfg)
     log.info("Split: %s.", split_note)
 
     row_length = min(max_length, max(len(t.input_ids) for t in tokenized))
@@ -157,7 +157,8 @@ def run(cfg: TrainConfig) -> int:
     autostop = not cfg.force_epochs and cfg.mode != "non-stop"
     monitor = Monitor(rules, enabled=autostop)
     log.info("Mode: %s%s — %s. %s on %s (%s), learning rate %.2e, batch %d rows x %d accumulation, optimizer %s.",
-             cfg.mode, " + circular" if circular else "", preset.description,
+             cfg.mode, " + circular" if circular else "",
+             "cycles through the data, growing the batch, one evaluation per cycle" if circular else preset.description,
              f"Up to {epochs:g} {'cycles' if circular else 'epochs'}" if not math.isinf(epochs) else "No epoch limit",
              placement.device, placement.precision, lr, plan.batch_size, plan.accumulation, cfg.optimizer)
     log.info("Auto-stop: %s", "off (--force-epochs)" if cfg.force_epochs else "off (non-stop runs until interrupted)"

@@ -23,13 +23,17 @@ def logdir_spec(workdir: Path) -> str:
     return ",".join(f"{d.parent.name}_{d.name}:{d}" for d in dirs if d.is_dir()) or str(dirs[0])
 
 
+def _command(workdir: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "tensorboard.main", "--logdir_spec", logdir_spec(workdir), "--host", "127.0.0.1",
+            "--port", str(port)]
+
+
 def start(workdir: Path, port: int) -> subprocess.Popen | None:
     """TensorBoard on 127.0.0.1:port in the background; None when the port is taken (left alone)."""
     if port_in_use(port):
         log.info("TensorBoard: port %d is already in use (another TensorBoard?); leaving it alone.", port)
         return None
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", logdir_spec(workdir), "--host",
-               "127.0.0.1", "--port", str(port)]
+    command = _command(workdir, port)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log.info("TensorBoard: http://127.0.0.1:%d (--no-tensorboard to disable)", port)
     return process
@@ -44,8 +48,7 @@ def serve_only(workdir: Path, port: int) -> int:
         log.error("Port %d is in use; choose another: ./train.sh --tensorboard-only PORT", port)
         return 1
     print(f"TensorBoard for past runs: http://127.0.0.1:{port} (Ctrl+C to stop)", flush=True)
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", logdir_spec(workdir), "--host",
-               "127.0.0.1", "--port", str(port)]
+    command = _command(workdir, port)
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
