@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import ConfigError, parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for noisy in ("httpx", "transformers", "peft", "datasets", "urllib3"):
+    for noisy in ("httpx", "transformers", "peft", "datasets", "urllib3", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # peft still calls a transformers property renamed in v5; the warning is not the user's business.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         config = parse_config(argv)
     except ConfigError as exc:

@@ -14,6 +14,13 @@ RANK_BY_SIZE: tuple[tuple[float, int], ...] = (
 )
 LARGEST_RANK = 256
 
+# Models below this size are toy/test models (a few million parameters, often barely trained):
+# attention-only LoRA at 2e-4 barely moves them, so they adapt every linear layer with a
+# 15x learning rate. Real checkpoints (>= 50M) keep the usual recipe.
+SMALL_MODEL_PARAMETERS = 5e7
+DEFAULT_LEARNING_RATE = 2e-4
+SMALL_MODEL_LEARNING_RATE = 3e-3
+
 # A neutral ChatML template for base models that ship none; saved with the adapter.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -35,6 +42,16 @@ PLAIN_CHAT_TEMPLATE = (
 
 VALID_PRECISIONS = ("float16", "bfloat16", "float32")
 VALID_QUANTIZATION = ("8bit", "4bit")
+
+
+def is_small_model(parameters: int) -> bool:
+    """True for toy/test-size models (< 50M parameters), which train with the small-model recipe."""
+    return 0 < parameters < SMALL_MODEL_PARAMETERS
+
+
+def auto_learning_rate(parameters: int) -> float:
+    """Base LoRA learning rate from model size: 3e-3 below 50M parameters, else 2e-4."""
+    return SMALL_MODEL_LEARNING_RATE if is_small_model(parameters) else DEFAULT_LEARNING_RATE
 
 
 def auto_lora_rank(parameters: int) -> int:
@@ -88,6 +105,16 @@ class ModelHandler:
     def lora_rank(self, parameters: int) -> int:
         """Automatic LoRA rank for a model of this many parameters."""
         return auto_lora_rank(parameters)
+
+    def learning_rate(self, parameters: int) -> float:
+        """Automatic base learning rate (before the mode's multiplier) for a model of this size."""
+        return auto_learning_rate(parameters)
+
+    def default_targets(self, parameters: int) -> list[str] | str:
+        """Default LoRA targets: 'all-linear' for discovered/small models, else the family's modules."""
+        if self.discover_targets or is_small_model(parameters):
+            return "all-linear"
+        return list(self.target_modules)
 
     def lora_alpha(self, parameters: int) -> int:
         """Automatic LoRA alpha: twice the rank."""

@@ -12,6 +12,10 @@ from .system import machine_info
 from .units import human_bytes, human_count
 
 
+def _targets_text(targets: list[str] | str) -> str:
+    return "every linear layer (all-linear)" if targets == "all-linear" else ", ".join(targets)
+
+
 def check_report(model: str, revision: str | None = None, trust_remote_code: bool = False) -> dict:
     """Everything `check` shows, as one JSON-ready dict."""
     meta = read_metadata(model, revision)
@@ -39,7 +43,7 @@ def check_report(model: str, revision: str | None = None, trust_remote_code: boo
         "memory_budget": {"kind": machine.budget_name, "bytes": machine.budget_bytes},
         "lora_rank": rank,
         "lora_alpha": 2 * rank,
-        "target_modules": list(handler.target_modules) or ["(discovered at load time)"],
+        "target_modules": handler.default_targets(parameters or 0),
         "trust_remote_code": needs_remote_code(meta.config, handler),
         "training_precision": handler.training_precision,
         "max_sequence_length": handler.max_sequence_length,
@@ -69,7 +73,7 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         f"LoRA:            rank {report['lora_rank']}, alpha {report['lora_alpha']}, "
-        f"targets {', '.join(report['target_modules'])}",
+        f"targets {_targets_text(report['target_modules'])}",
         f"Training:        {report['training_precision']} on GPU (float32 on CPU), "
         f"max sequence length {report['max_sequence_length']}, "
         f"quantization {', '.join(report['quantization']) or 'not supported'}",

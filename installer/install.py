@@ -160,7 +160,7 @@ def _build_info(options, meta, handler, selection, records, extra) -> dict:
         "lora": {
             "rank": handler.lora_rank(parameters or 0),
             "alpha": handler.lora_alpha(parameters or 0),
-            "target_modules": list(handler.target_modules),
+            "target_modules": handler.default_targets(parameters or 0),
         },
         "extra_requirements": extra,
         "files": records,

@@ -45,6 +45,21 @@ def builtin_model_dir(tmp_path_factory) -> Path:
     return result.model_dir.root
 
 
+@pytest.fixture
+def model_dir(builtin_model_dir, tmp_path) -> Path:
+    """A private copy of the installed built-in model, with train.sh/start.sh rendered for its new path."""
+    import json
+    import shutil
+
+    from installer.model_dir import ModelDir
+    from installer.render import render_wrappers
+
+    target = tmp_path / "m"
+    shutil.copytree(builtin_model_dir, target, symlinks=True)
+    render_wrappers(ModelDir(target), json.loads((target / "model_info.json").read_text()))
+    return target
+
+
 def run_cli(*args: str, input: str | None = None):
     """Invoke the click CLI in-process; returns click's Result."""
     from click.testing import CliRunner

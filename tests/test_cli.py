@@ -131,7 +131,7 @@ def test_check_json_fields_for_local_model(cli, tiny_llama_dir):
                 "target_modules", "trust_remote_code", "fits"):
         assert key in report
     assert report["family"] == "llama" and report["lora_rank"] == 8 and report["lora_alpha"] == 16
-    assert report["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert report["target_modules"] == "all-linear"  # under 50M parameters: the small-model recipe
     assert report["trust_remote_code"] is False and report["fits"]["inference_fp32"] is True
     assert "Memory" in cli("check", str(tiny_llama_dir)).output
 

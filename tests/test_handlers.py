@@ -26,7 +26,7 @@ def test_deepseek_r1_distill_qwen_is_qwen():
 
 @pytest.mark.parametrize(
     ("parameters", "rank"),
-    [(5e8, 8), (1e9, 16), (2.9e9, 16), (3e9, 32), (6.9e9, 32), (8e9, 64), (13e9, 128), (29e9, 128), (70e9, 256)],
+    [(1e6, 8), (5e8, 8), (1e9, 16), (2.9e9, 16), (3e9, 32), (6.9e9, 32), (8e9, 64), (13e9, 128), (29e9, 128), (70e9, 256)],
 )
 def test_rank_by_size(parameters, rank):
     assert auto_lora_rank(int(parameters)) == rank

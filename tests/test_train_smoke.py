@@ -1,7 +1,6 @@
 """train.sh in an installed model's directory: adapter outputs and clean data errors."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -9,17 +8,6 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = ROOT / "examples" / "data"
-
-
-@pytest.fixture
-def model_dir(builtin_model_dir, tmp_path):
-    target = tmp_path / "m"
-    shutil.copytree(builtin_model_dir, target, symlinks=True)
-    from installer.model_dir import ModelDir
-    from installer.render import render_wrappers
-
-    render_wrappers(ModelDir(target), json.loads((target / "model_info.json").read_text()))
-    return target
 
 
 def _train(model_dir, *args):

@@ -53,8 +53,9 @@ class Monitor:
         rules = self.rules
         if train_loss <= rules.perfect_loss and val_loss <= max(rules.perfect_loss, self.best_val):
             return f"perfect loss reached (training loss {train_loss:.4f} <= {rules.perfect_loss})"
-        if rules.watch_perplexity and val_loss < 50 and math.exp(val_loss) > PERPLEXITY_EXPLOSION \
-                and self.best_val < val_loss:
+        # An explosion is a rise past the limit from below it; a model that starts above it has not exploded.
+        if rules.watch_perplexity and math.exp(min(val_loss, 50)) > PERPLEXITY_EXPLOSION \
+                and math.exp(min(self.best_val, 50)) < PERPLEXITY_EXPLOSION:
             return f"perplexity exploded to {math.exp(val_loss):.1f} (> {PERPLEXITY_EXPLOSION:.0f})"
         gap = (val_loss - train_loss) / max(train_loss, 1e-8)
         if self.bad_evals >= 2 and gap > rules.overfitting_threshold and self._rising():

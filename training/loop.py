@@ -201,7 +201,7 @@ class Trainer:
         micro = 0
         while self.stop_reason is None:
             epoch = self.state.epoch
-            if epoch >= math.ceil(self.plan.epochs):
+            if not math.isinf(self.plan.epochs) and epoch >= math.ceil(self.plan.epochs):
                 self.stop_reason = self._finished_reason()
                 break
             self.state.batch_size = batch_size_for_cycle(self.plan, epoch, len(self.train_rows))

@@ -88,16 +88,14 @@ def load_base_model(model_path: Path, placement: Placement, handler: ModelHandle
     return model
 
 
-def resolve_targets(model, handler: ModelHandler, requested: str | None) -> list[str] | str:
-    """LoRA target modules: the flag, else the handler's, else the discovered linear layers."""
-    if requested == "all-linear":
-        return discover_linear_targets(model)
+def resolve_targets(model, handler: ModelHandler, requested: str | None, parameters: int) -> list[str]:
+    """LoRA target modules: the flag, else the handler's default for this model size ('all-linear' discovers)."""
     if requested:
-        targets = [t.strip() for t in requested.split(",") if t.strip()]
-    elif handler.discover_targets:
-        targets = discover_linear_targets(model)
+        targets = "all-linear" if requested == "all-linear" else [t.strip() for t in requested.split(",") if t.strip()]
     else:
-        targets = list(handler.target_modules)
+        targets = handler.default_targets(parameters)
+    if targets == "all-linear":
+        return discover_linear_targets(model)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:

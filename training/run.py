@@ -13,10 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from handlers import handler_for_config
+from handlers.base import is_small_model
 
 from . import tensorboard_server
 from .autostop import Monitor, rules_for
-from .config import DEFAULT_LEARNING_RATE, TrainConfig
+from .config import TrainConfig
 from .data_sources import DataError, load_sources
 from .formats import examples_from_source, task_type
 from .loop import LoopState, Plan, StopSignal, Trainer
@@ -133,7 +134,10 @@ def run(cfg: TrainConfig) -> int:
         parameters = sum(p.numel() for p in model.parameters())
     rank = cfg.lora_r or handler.lora_rank(parameters)
     alpha = cfg.lora_alpha or 2 * rank
-    targets = resolve_targets(model, handler, cfg.target_modules)
+    targets = resolve_targets(model, handler, cfg.target_modules, parameters)
+    if is_small_model(parameters) and not (cfg.target_modules and cfg.learning_rate):
+        log.info("Small model (%s parameters, under 50M): LoRA on every linear layer and a %.0e base "
+                 "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
     model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, cfg.method == "qlora" or cfg.use_8bit,
                            handler.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -144,8 +148,10 @@ def run(cfg: TrainConfig) -> int:
     preset = cfg.preset
     circular = cfg.circular
     epochs = cfg.max_circular_epochs if circular else (cfg.epochs or preset.epochs)
-    lr = cfg.learning_rate or DEFAULT_LEARNING_RATE * preset.lr_multiplier
+    lr = cfg.learning_rate or handler.learning_rate(parameters) * preset.lr_multiplier
     batch = cfg.batch_size or (CPU_BATCH_SIZE if placement.device != "cuda" else 8)
+    if circular and not cfg.batch_size:
+        batch = 1  # circular mode grows the batch from one row: many small steps first, then steadier ones
     checkpoints = workdir / "checkpoints"
     plan = Plan(epochs=epochs, batch_size=min(batch, len(train_rows)), accumulation=cfg.gradient_accumulation_steps,
                 learning_rate=lr, evals_per_epoch=1 if circular else preset.evals_per_epoch, circular=circular,

@@ -1,0 +1,174 @@
+"""train.sh modes end to end on the built-in model: convergence, presets, adaptive, auto-stop,
+force-epochs, non-stop and interrupt + resume."""
+
+import json
+import random
+import signal
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = ROOT / "examples" / "data"
+FACTS = [
+    {"question": "What colour is the llm-installer logo?", "answer": "The logo is teal and orange."},
+    {"question": "Which port does the demo server use?", "answer": "The demo server listens on port 8000."},
+    {"question": "Who is the mascot?", "answer": "The mascot is a small owl named Pip."},
+    {"question": "What does circular mode do?", "answer": "It cycles through small data until it knows it."},
+    {"question": "Where is the adapter saved?", "answer": "The adapter is saved in the lora folder."},
+]
+
+
+def _train(model_dir, *args, **popen):
+    command = [str(model_dir / "train.sh"), "--no-tensorboard", "--skip-test", *args]
+    if popen:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+def _info(model_dir):
+    return json.loads((model_dir / "lora" / "adapter_info.json").read_text())
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def _overfit_data(tmp_path):
+    """Answers are random words: memorisable, impossible to generalise, so validation loss rises."""
+    rng = random.Random(7)
+    words = "apple river stone cloud tiger seven violet engine paper window orbit candle".split()
+    records = [{"question": f"Code {i}?", "answer": " ".join(rng.choice(words) for _ in range(8))} for i in range(60)]
+    return _write(tmp_path / "overfit.json", records)
+
+
+def _greedy_answers(model_dir, questions):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir / "model")
+    model = PeftModel.from_pretrained(model, model_dir / "lora").eval()
+    answers = []
+    for question in questions:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+def test_circular_training_reproduces_trained_answers(model_dir, tmp_path):
+    data = _write(tmp_path / "facts.json", FACTS)
+    result = _train(model_dir, "--data", data, "--circular")
+    assert result.returncode == 0, result.stdout
+    info = _info(model_dir)
+    assert info["circular"] and info["metrics"]["best_val_loss"] < info["metrics"]["baseline_val_loss"]
+    assert "circular" in result.stdout and "Stopped:" in result.stdout
+    answers = _greedy_answers(model_dir, [f["question"] for f in FACTS])
+    assert answers == [f["answer"] for f in FACTS]
+
+
+@pytest.mark.parametrize(("mode", "preset", "lr_factor", "epochs"), [
+    ("quality", "slow", 0.5, 5), ("medium", "medium", 1.0, 3), ("quick", "fast", 2.0, 1)])
+def test_mode_presets(model_dir, mode, preset, lr_factor, epochs):
+    result = _train(model_dir, "--data", str(EXAMPLES / "quickstart_qa.json"), "--mode", mode)
+    assert result.returncode == 0, result.stdout
+    info = _info(model_dir)
+    assert info["mode"] == preset and info["hyperparameters"]["epochs"] == epochs
+    assert info["hyperparameters"]["learning_rate"] == pytest.approx(3e-3 * lr_factor)
+    assert f"Mode: {preset}" in result.stdout
+
+
+def test_autostop_on_overfitting_keeps_best_and_force_epochs_overrides(model_dir, tmp_path):
+    data = _overfit_data(tmp_path)
+    stopped = _train(model_dir, "--data", data, "--epochs", "12")
+    assert stopped.returncode == 0, stopped.stdout
+    info = _info(model_dir)
+    assert "overfitting" in info["stop_reason"] or "did not improve" in info["stop_reason"]
+    assert info["metrics"]["best_step"] < info["metrics"]["steps"]  # the best adapter, not the last
+    assert info["adapter"].startswith("best")
+    history = [h["val_loss"] for h in json.loads((model_dir / "checkpoints" / "last" / "trainer_state.json")
+                                                  .read_text())["monitor"]["history"]] \
+        if (model_dir / "checkpoints" / "last" / "trainer_state.json").is_file() else None
+    assert history is None or min(history) == pytest.approx(info["metrics"]["best_val_loss"])
+    forced = _train(model_dir, "--data", data, "--epochs", "12", "--force-epochs")
+    assert forced.returncode == 0, forced.stdout
+    forced_info = _info(model_dir)
+    assert forced_info["stop_reason"] == "completed 12 epoch(s)" and forced_info["force_epochs"]
+    assert forced_info["metrics"]["steps"] > info["metrics"]["steps"]
+    assert "Auto-stop: off (--force-epochs)" in forced.stdout
+
+
+def test_adaptive_changes_learning_rate_and_eval_frequency_unlike_medium(model_dir, tmp_path):
+    data = _overfit_data(tmp_path)
+    adaptive = _train(model_dir, "--data", data, "--mode", "adaptive", "--epochs", "12", "--force-epochs")
+    assert adaptive.returncode == 0, adaptive.stdout
+    adaptive_info = _info(model_dir)
+    changes = adaptive_info["adaptive_changes"]
+    assert any("evaluating less often" in c for c in changes), changes
+    assert any("learning rate x0.5" in c for c in changes), changes
+    assert "Adaptive: validation loss plateaued" in adaptive.stdout
+    medium = _train(model_dir, "--data", data, "--mode", "medium", "--epochs", "12", "--force-epochs")
+    assert medium.returncode == 0
+    medium_info = _info(model_dir)
+    assert medium_info["adaptive_changes"] == []
+    assert medium_info["metrics"]["evaluations"] != adaptive_info["metrics"]["evaluations"]
+
+
+def _interrupt_after(process, evaluations, sig):
+    seen, output = 0, []
+    for line in process.stdout:
+        output.append(line)
+        seen += line.startswith("Evaluation #") or "| Evaluation #" in line or " Evaluation #" in line
+        if seen >= evaluations:
+            process.send_signal(sig)
+            break
+    rest, _ = process.communicate(timeout=120)
+    return process.returncode, "".join(output) + rest
+
+
+def test_non_stop_runs_until_interrupted_and_saves(model_dir):
+    process = _train(model_dir, "--data", str(EXAMPLES / "quickstart_qa.json"), "--mode", "non-stop", popen=True)
+    code, output = _interrupt_after(process, 3, signal.SIGINT)
+    assert code == 0, output
+    info = _info(model_dir)
+    assert info["stop_reason"] == "interrupted by SIGINT" and info["hyperparameters"]["epochs"] is None
+    assert info["hyperparameters"]["learning_rate"] == pytest.approx(3e-3 * 0.3)
+    assert (model_dir / "lora" / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_saves_adapter_and_resume_continues(model_dir):
+    args = ["--data", str(EXAMPLES / "quickstart_qa.json"), "--epochs", "15", "--force-epochs"]
+    code, output = _interrupt_after(_train(model_dir, *args, popen=True), 2, signal.SIGTERM)
+    assert code == 130, output
+    interrupted = _info(model_dir)
+    assert interrupted["stop_reason"] == "interrupted by SIGTERM"
+    stopped_at = interrupted["metrics"]["steps"]
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (model_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] <= stopped_at
+    resumed = _train(model_dir, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout
+    assert f"checkpoint-{checkpoints[-1]} at step {checkpoints[-1]}" in resumed.stdout
+    info = _info(model_dir)
+    assert info["stop_reason"] == "completed 15 epoch(s)" and info["metrics"]["steps"] > stopped_at
+    fresh = _train(model_dir, *args)
+    assert _info(model_dir)["metrics"]["steps"] == info["metrics"]["steps"], fresh.stdout
+
+
+def test_mixed_formats_and_text_task(model_dir):
+    result = _train(model_dir, "--data", str(EXAMPLES), "--mode", "fast")
+    assert result.returncode == 0, result.stdout
+    assert _info(model_dir)["formats"] == ["alpaca", "openai", "qa", "text"]
+    text = _train(model_dir, "--data", str(EXAMPLES / "text_sample.txt"), "--mode", "fast")
+    assert text.returncode == 0 and "Perplexity:" in text.stdout and _info(model_dir)["task_type"] == "text"
+
+
+def test_vision_data_on_text_model_is_a_clear_error(model_dir, tmp_path):
+    data = _write(tmp_path / "v.json", [{"image": "a.png", "caption": "A cat."}])
+    result = _train(model_dir, "--data", data)
+    assert result.returncode == 1 and "text-only model" in result.stdout and "Traceback" not in result.stdout
