@@ -222,6 +222,31 @@ def update(name: str | None, all_models: bool, models_dir: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("target", default=".")
+@click.option("--fix-cuda", is_flag=True, help="Also make bitsandbytes (QLoRA, 8-bit) work with this CUDA torch.")
+@MODELS_DIR_OPTION
+def fix(target: str, fix_cuda: bool, models_dir: Path | None) -> None:
+    """Repair an installed model: re-render its wrappers, check the install, optionally fix CUDA libraries.
+
+    TARGET is a model directory (default: the current one) or an installed model's name.
+
+    \b
+    Example (inside a model directory):
+      llm-installer fix . --fix-cuda
+    """
+    from . import fix as repair
+
+    path = Path(target).expanduser()
+    model = ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+    try:
+        repair.fix_model_dir(model, click.echo)
+        if fix_cuda:
+            repair.fix_cuda(click.echo)
+    except repair.FixError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command()
 @MODELS_DIR_OPTION
 @JSON_OPTION
 def doctor(models_dir: Path | None, as_json: bool) -> None:

@@ -141,7 +141,7 @@ def test_check_counts_pickle_model_from_config(cli, tmp_path):
     model = build_tiny_model("gpt2", tmp_path / "gpt2", safetensors=False)
     report = json.loads(cli("check", str(model), "--json").output)
     assert report["parameters_from"] == "config.json" and report["parameters"] > 0
-    assert report["target_modules"] == ["c_attn", "c_proj"]
+    assert report["target_modules"] == "all-linear"  # a tiny model: the small-model recipe
     refused = cli("install", str(model))
     assert refused.exit_code == 1 and "--allow-pickle" in refused.output
     allowed = cli("install", str(model), "--allow-pickle")
@@ -183,3 +183,17 @@ def test_incomplete_install_is_not_ready(cli, tmp_path):
     (model / ".install-incomplete").write_text("{}")
     rows = json.loads(cli("list", "--json").output)
     assert rows[0]["status"] == "incomplete"
+
+
+@pytest.mark.e2e
+def test_fix_rerenders_wrappers_and_explains_missing_cuda(cli, model_dir):
+    (model_dir / "train.sh").unlink()
+    result = cli("fix", str(model_dir))
+    assert result.exit_code == 0 and "re-rendered" in result.output
+    assert (model_dir / "train.sh").is_file()
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = cli("fix", str(model_dir), "--fix-cuda")
+        assert cuda.exit_code == 1 and "sees no CUDA GPU" in cuda.output
+    assert cli("fix", "no-such-model").exit_code == 1

@@ -67,7 +67,8 @@ class TrainConfig:
     max_circular_epochs: int = _opt("Cycle limit for --circular.", 100)
     force_epochs: bool = _opt("Train exactly the requested epochs/cycles; every auto-stop condition is off.", False)
     epochs: float | None = _opt("Epochs (default from the mode).", None)
-    learning_rate: float | None = _opt("Learning rate (default 2e-4, 3e-3 for models under 50M parameters, times the mode's multiplier).", None)
+    learning_rate: float | None = _opt("Learning rate (default 2e-4, or 3e-3 for models under 50M parameters, "
+                                       "times the mode's multiplier).", None)
     batch_size: int | None = _opt("Packed sequences per step (default: from memory and sequence length).", None)
     gradient_accumulation_steps: int = _opt("Steps to accumulate before each optimizer update.", 1)
     max_seq_length: int | None = _opt("Longest sequence in tokens; longer examples are truncated "
