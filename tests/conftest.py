@@ -60,6 +60,29 @@ def model_dir(builtin_model_dir, tmp_path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def tuned_model_dir(builtin_model_dir, tmp_path_factory) -> Path:
+    """The built-in model with ./lora trained (circular) on tests/facts.py, shared by the serving tests."""
+    import json
+    import shutil
+    import subprocess
+
+    from facts import FACTS
+
+    from installer.model_dir import ModelDir
+    from installer.render import render_wrappers
+
+    target = tmp_path_factory.mktemp("tuned") / "tuned-model"
+    shutil.copytree(builtin_model_dir, target, symlinks=True)
+    render_wrappers(ModelDir(target), json.loads((target / "model_info.json").read_text()))
+    data = target / "facts.json"
+    data.write_text(json.dumps(FACTS))
+    result = subprocess.run([str(target / "train.sh"), "--data", str(data), "--circular", "--no-tensorboard",
+                             "--skip-test"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout
+    return target
+
+
 def run_cli(*args: str, input: str | None = None):
     """Invoke the click CLI in-process; returns click's Result."""
     from click.testing import CliRunner

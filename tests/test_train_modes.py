@@ -8,16 +8,10 @@ import subprocess
 
 import pytest
 from conftest import ROOT
+from facts import FACTS
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = ROOT / "examples" / "data"
-FACTS = [
-    {"question": "What colour is the llm-installer logo?", "answer": "The logo is teal and orange."},
-    {"question": "Which port does the demo server use?", "answer": "The demo server listens on port 8000."},
-    {"question": "Who is the mascot?", "answer": "The mascot is a small owl named Pip."},
-    {"question": "What does circular mode do?", "answer": "It cycles through small data until it knows it."},
-    {"question": "Where is the adapter saved?", "answer": "The adapter is saved in the lora folder."},
-]
 
 
 def _train(model_dir, *args, **popen):

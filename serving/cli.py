@@ -1,0 +1,122 @@
+"""start.sh's entry: check the adapter, then serve (or chat in the terminal, or hand over to vLLM)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from .adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
+from .config import ServeConfig, ServeConfigError, parse_config
+
+log = logging.getLogger("serve")
+
+
+def _fallback_template(model_path: Path) -> str | None:
+    from handlers import handler_for_config
+
+    try:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return handler_for_config(config).chat_template_fallback
+
+
+def load_engine(cfg: ServeConfig, adapter: AdapterInfo | None):
+    """The ModelEngine for this configuration (blocking)."""
+    from .engine import ModelEngine
+
+    model_path = Path(cfg.model_dir) / "model"
+    return ModelEngine.load(model_path, adapter, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
+                            cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info().get(
+                                "trust_remote_code")), fallback_template=_fallback_template(model_path),
+                            max_concurrency=cfg.max_concurrency)
+
+
+def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:
+    """The adapter to serve, checked against the base model, and the decision logged in words."""
+    model_dir = Path(cfg.model_dir)
+    path = choose_adapter(model_dir, cfg.no_lora, cfg.load_lora)
+    if path is None:
+        reason = "--no-lora given" if cfg.no_lora else f"no adapter in {model_dir / 'lora'}"
+        log.info("Adapter: none (%s): serving the base model.", reason)
+        return None
+    adapter = inspect_adapter(path, model_dir, cfg.model_info())
+    log.info("Adapter: %s.", adapter.describe())
+    return adapter
+
+
+def build_state(cfg: ServeConfig, adapter: AdapterInfo | None):
+    """The server's state before the model is loaded: its id, adapter card and security settings."""
+    from .app import ServerState
+
+    details = {"source": cfg.model_info().get("source"), "adapter": None}
+    if adapter is not None:
+        details["adapter"] = {"path": str(adapter.path), "rank": adapter.rank, "alpha": adapter.alpha,
+                              "base_model": adapter.base_model, "target_modules": adapter.target_modules}
+    return ServerState(model_id=Path(cfg.model_dir).name, api_key=cfg.api_key, loopback=cfg.loopback,
+                       max_body_bytes=cfg.max_body_bytes, details=details)
+
+
+def _serve(cfg: ServeConfig, adapter: AdapterInfo | None) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    model_id, info = Path(cfg.model_dir).name, cfg.model_info()
+    state = build_state(cfg, adapter)
+    if not cfg.loopback:
+        log.warning("Listening on %s: anyone who can reach this machine can use the model%s.", cfg.host,
+                    "" if cfg.api_key else " - set --api-key (or LLM_API_KEY)")
+
+    def load():
+        try:
+            state.engine = load_engine(cfg, adapter)
+            log.info("Model loaded on %s: ready.", state.engine.device)
+        except Exception as exc:  # reported on /health and to requests
+            state.load_error = f"Loading the model failed: {exc}"
+            log.error(state.load_error)
+
+    threading.Thread(target=load, name="load-model", daemon=True).start()
+    shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    log.info("Serving %s (%s) at http://%s:%d/v1 - chat page http://%s:%d/ - %s", model_id, info.get("source"),
+             shown, cfg.port, shown, cfg.port, "API key required" if cfg.api_key else "no API key")
+    uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run start.sh; user mistakes are one line on stderr and a non-zero status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("httpx", "transformers", "peft", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = parse_config(argv)
+        if not (Path(cfg.model_dir) / "model" / "config.json").is_file():
+            raise ServeConfigError(f"No installed model in {cfg.model_dir} (model/config.json missing).")
+        adapter = resolve_adapter(cfg)
+        if cfg.engine == "vllm":
+            from .vllm import exec_vllm
+
+            return exec_vllm(cfg, adapter)
+        if cfg.chat:
+            from .terminal import chat_loop
+
+            return chat_loop(load_engine(cfg, adapter), sys.stdin, sys.stdout)
+        return _serve(cfg, adapter)
+    except (ServeConfigError, AdapterError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from .engine import LoadError
+
+        if isinstance(exc, LoadError) and not os.environ.get("LLM_INSTALLER_DEBUG"):
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        raise

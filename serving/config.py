@@ -1,0 +1,107 @@
+"""Server configuration: one dataclass whose fields are start.sh's flags; install-time defaults from
+model_info.json apply where a flag is not given."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+ENGINES = ("transformers", "vllm")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeConfigError(ValueError):
+    """A flag value the user must fix."""
+
+
+def _opt(help_text: str, default=MISSING, **extra):
+    meta = {"help": help_text, **extra}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+@dataclass
+class ServeConfig:
+    """Every option of start.sh."""
+
+    model_dir: Path | None = _opt("Installed model directory (start.sh passes it).", None)
+    port: int = _opt("Port to listen on.", 8000)
+    host: str = _opt("Address to bind; anything but loopback exposes the model to the network (use --api-key).",
+                     "127.0.0.1")
+    api_key: str | None = _opt("Require this key (Bearer token) on every route but /health (default: $LLM_API_KEY).",
+                               None)
+    dtype: str | None = _opt("Weights dtype (default: the install's choice, else auto).", None, choices=DTYPES)
+    device: str | None = _opt("Device (default: the install's choice, else cuda > mps > cpu).", None, choices=DEVICES)
+    quantization: str | None = _opt("Load the weights in 8-bit or 4-bit with bitsandbytes (CUDA only).", None,
+                                    choices=QUANTIZATIONS)
+    cpu_offload: bool = _opt("Keep layers that do not fit on the GPU in CPU memory.", False)
+    max_concurrency: int = _opt("Requests generating at once; more wait in a queue.", 1)
+    engine: str = _opt("Inference engine: transformers, or vllm (GPU, vllm installed).", "transformers",
+                       choices=ENGINES)
+    chat: bool = _opt("Chat in this terminal instead of starting a server.", False)
+    no_lora: bool = _opt("Serve the base model even if ./lora holds an adapter.", False)
+    load_lora: Path | None = _opt("Serve this adapter directory instead of ./lora.", None)
+    max_body_bytes: int = _opt("Largest request body accepted, in bytes.", 1_000_000)
+
+    def validate(self) -> ServeConfig:
+        if not 0 < self.port < 65536:
+            raise ServeConfigError(f"--port must be between 1 and 65535, not {self.port}.")
+        if self.max_concurrency < 1:
+            raise ServeConfigError("--max-concurrency must be at least 1.")
+        if self.no_lora and self.load_lora:
+            raise ServeConfigError("--no-lora and --load-lora contradict each other; give one.")
+        if self.model_dir is None:
+            raise ServeConfigError("--model-dir is required (start.sh passes it).")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server binds to this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def model_info(self) -> dict:
+        try:
+            return json.loads((Path(self.model_dir) / "model_info.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def apply_install_defaults(self) -> ServeConfig:
+        """Fill dtype/device/quantization from model_info.json where no flag was given."""
+        defaults = self.model_info().get("defaults", {})
+        self.dtype = self.dtype or defaults.get("dtype") or "auto"
+        self.device = self.device or defaults.get("device") or "auto"
+        self.quantization = self.quantization or defaults.get("quantization") or "none"
+        self.api_key = self.api_key or os.environ.get("LLM_API_KEY") or None
+        return self
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="start.sh", description="Serve the installed model (with ./lora when present) on an OpenAI-compatible "
+        "API at http://HOST:PORT/v1, with a chat page at http://HOST:PORT/.")
+    for spec in fields(ServeConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        kwargs = {"help": spec.metadata["help"], "dest": spec.name}
+        if spec.type in ("bool",) or isinstance(spec.default, bool):
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        kind = int if isinstance(spec.default, int) else Path if spec.name in ("model_dir", "load_lora") else str
+        parser.add_argument(flag, type=kind, default=spec.default, choices=spec.metadata.get("choices"), **kwargs)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> ServeConfig:
+    """ServeConfig from the command line, validated, with install-time defaults applied."""
+    args = vars(build_parser().parse_args(argv))
+    return ServeConfig(**args).validate().apply_install_defaults()

@@ -1,0 +1,228 @@
+"""Loading the model (with its adapter) and generating with transformers' own machinery:
+`generate` in a worker thread, text streamed back through `TextIteratorStreamer`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .adapter import AdapterInfo
+
+log = logging.getLogger("serve")
+
+
+class LoadError(RuntimeError):
+    """The model cannot be loaded as asked; the message says why."""
+
+
+@dataclass
+class GenerationParams:
+    """Sampling settings of one request (already validated)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass
+class Generation:
+    """One request's output so far; `finish_reason` and token counts are set when it ends."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def _placement(device: str, dtype: str, quantization: str, cpu_offload: bool):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LoadError("--device cuda was asked for but torch sees no CUDA GPU.")
+    if quantization != "none" and device != "cuda":
+        raise LoadError(f"--quantization {quantization} needs a CUDA GPU (bitsandbytes); this machine serves on the "
+                        f"{device.upper()}.")
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else ("bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported()
+                                                   else "float16")
+    return device, getattr(torch, dtype)
+
+
+class ModelEngine:
+    """The loaded model, tokenizer and adapter; `stream` yields text pieces of one generation."""
+
+    def __init__(self, model, tokenizer, device: str, adapter: AdapterInfo | None, context_length: int,
+                 max_concurrency: int = 1):
+        self.model, self.tokenizer, self.device, self.adapter = model, tokenizer, device, adapter
+        self.context_length = context_length
+        self._slots = threading.Semaphore(max_concurrency)
+        self._seed_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
+
+    def _count(self, key: str, delta: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += delta
+
+    @classmethod
+    def load(cls, model_path: Path, adapter: AdapterInfo | None, *, device: str = "auto", dtype: str = "auto",
+             quantization: str = "none", cpu_offload: bool = False, trust_remote_code: bool = False,
+             fallback_template: str | None = None, max_concurrency: int = 1) -> ModelEngine:
+        """Load weights (quantized/offloaded as asked), then the adapter and its chat template."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device, torch_dtype = _placement(device, dtype, quantization, cpu_offload)
+        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if quantization != "none":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
+                                             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                                bnb_4bit_compute_dtype=torch_dtype))
+        if cpu_offload or quantization != "none":
+            kwargs["device_map"] = "auto" if cpu_offload else {"": 0}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise LoadError(f"Cannot load the model from {model_path}: {str(exc).splitlines()[0]}") from exc
+        if "device_map" not in kwargs:
+            model.to(device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter.path))
+            if adapter.chat_template:
+                tokenizer.chat_template = adapter.chat_template
+        if not getattr(tokenizer, "chat_template", None) and fallback_template:
+            tokenizer.chat_template = fallback_template
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.eval()
+        config = model.config
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        return cls(model, tokenizer, device, adapter, int(context), max_concurrency)
+
+    # --- prompts -----------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation rendered with the chat template, ready for the assistant's turn."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # --- generation --------------------------------------------------------------------------
+    def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation) -> Iterator[str]:
+        """Text pieces as they are generated; waits for a free slot first. Setting `generation.cancel` stops it."""
+        self._count("waiting")
+        self._slots.acquire()
+        self._count("waiting", -1)
+        self._count("active")
+        try:
+            if not generation.cancel.is_set():  # the client may have left while queued
+                yield from self._stream_locked(prompt_ids, params, generation)
+        finally:
+            self._count("active", -1)
+            cancelled = generation.finish_reason in (None, "cancelled")
+            self._count("cancelled" if cancelled else "completed")
+            self._slots.release()
+
+    def _stream_locked(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return generation.cancel.is_set()
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        inputs = torch.tensor([prompt_ids], device=self.device if self.device != "auto" else "cpu")
+        sampling = params.temperature > 0
+        kwargs = dict(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=params.max_tokens,
+                      do_sample=sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                      pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=True)
+        if params.ignore_eos:
+            kwargs["min_new_tokens"] = params.max_tokens
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        result: dict = {}
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    if params.seed is not None:
+                        with self._seed_lock:
+                            torch.manual_seed(params.seed)
+                    result["output"] = self.model.generate(**kwargs)
+            except Exception as exc:  # reported to the request, never lost in the thread
+                result["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="generate", daemon=True)
+        worker.start()
+        finished = False
+        try:
+            yield from _cut_at_stop(streamer, params.stop, generation)
+            finished = True
+        finally:
+            if not finished:  # the consumer left early (client gone, Ctrl+C): stop generating
+                generation.cancel.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        sequence = result["output"].sequences[0]
+        generated = sequence[len(prompt_ids):]
+        generation.completion_tokens = int(generated.numel())
+        if generation.finish_reason is None and generation.cancel.is_set():
+            generation.finish_reason = "cancelled"  # the client left; nobody reads this answer
+        if generation.finish_reason is None:
+            ended = generated.numel() and int(generated[-1]) in _eos_ids(self.model, self.tokenizer)
+            generation.finish_reason = "stop" if ended or generation.completion_tokens < params.max_tokens \
+                else "length"
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _cut_at_stop(pieces, stops: list[str], generation: Generation) -> Iterator[str]:
+    """Pass text through, ending at the first stop string (never emitted); holds back possible stop prefixes."""
+    if not stops:
+        yield from (p for p in pieces if p)
+        return
+    hold = max(len(s) for s in stops) - 1
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
+        if hits:
+            if buffer[: min(hits)]:
+                yield buffer[: min(hits)]
+            generation.finish_reason = "stop"
+            generation.cancel.set()
+            for _ in pieces:  # drain what the worker still produces before it sees the cancel
+                pass
+            return
+        if len(buffer) > hold:
+            yield buffer[: len(buffer) - hold]
+            buffer = buffer[len(buffer) - hold:]
+    if buffer:
+        yield buffer
