@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.chat:
             from .terminal import chat_loop
 
-            return chat_loop(load_engine(cfg, adapter), sys.stdin, sys.stdout)
+            return chat_loop(load_engine(cfg, adapter), sys.stdin, sys.stdout, cfg.temperature)
         return _serve(cfg, adapter)
     except (ServeConfigError, AdapterError) as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -45,6 +45,7 @@ class ServeConfig:
     engine: str = _opt("Inference engine: transformers, or vllm (GPU, vllm installed).", "transformers",
                        choices=ENGINES)
     chat: bool = _opt("Chat in this terminal instead of starting a server.", False)
+    temperature: float = _opt("Sampling temperature of --chat (0 = always the most likely token).", 0.7)
     no_lora: bool = _opt("Serve the base model even if ./lora holds an adapter.", False)
     load_lora: Path | None = _opt("Serve this adapter directory instead of ./lora.", None)
     max_body_bytes: int = _opt("Largest request body accepted, in bytes.", 1_000_000)
@@ -54,6 +55,8 @@ class ServeConfig:
             raise ServeConfigError(f"--port must be between 1 and 65535, not {self.port}.")
         if self.max_concurrency < 1:
             raise ServeConfigError("--max-concurrency must be at least 1.")
+        if not 0 <= self.temperature <= 2:
+            raise ServeConfigError("--temperature must be between 0 and 2.")
         if self.no_lora and self.load_lora:
             raise ServeConfigError("--no-lora and --load-lora contradict each other; give one.")
         if self.model_dir is None:
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.type in ("bool",) or isinstance(spec.default, bool):
             parser.add_argument(flag, action="store_true", **kwargs)
             continue
-        kind = int if isinstance(spec.default, int) else Path if spec.name in ("model_dir", "load_lora") else str
+        kind = float if isinstance(spec.default, float) else int if isinstance(spec.default, int) else Path if spec.name in ("model_dir", "load_lora") else str
         parser.add_argument(flag, type=kind, default=spec.default, choices=spec.metadata.get("choices"), **kwargs)
     return parser
 

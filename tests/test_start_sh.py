@@ -1,0 +1,169 @@
+"""./start.sh as users run it: startup log naming the adapter, refusal of a foreign adapter,
+--no-lora / --load-lora, --help, --chat, vLLM hand-off checks, and the web page in headless Chromium."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import httpx2 as httpx
+import openai
+import pytest
+from facts import FACTS
+from serving_helpers import free_port, load_state, running_server
+
+pytestmark = pytest.mark.e2e
+QUESTION, ANSWER = FACTS[0]["question"], FACTS[0]["answer"]
+
+
+def _start(model_dir, *args, **kwargs):
+    return subprocess.Popen([str(model_dir / "start.sh"), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+def _wait_healthy(url, process, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server never became healthy")
+
+
+def _stop(process):
+    process.terminate()
+    output, _ = process.communicate(timeout=30)
+    return output
+
+
+def test_start_sh_serves_the_tuned_model_and_says_so(tuned_model_dir):
+    port = free_port()
+    process = _start(tuned_model_dir, "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        reply = client.chat.completions.create(model="tuned-model", temperature=0,
+                                               messages=[{"role": "user", "content": QUESTION}])
+        assert reply.choices[0].message.content == ANSWER
+    finally:
+        output = _stop(process)
+    assert f"Adapter: {tuned_model_dir / 'lora'}, rank 8, alpha 16, base model builtin:tiny-chat" in output
+    assert f"at http://127.0.0.1:{port}/v1" in output and "Traceback" not in output
+
+
+def test_start_sh_refuses_an_adapter_of_another_base_model(tuned_model_dir, tmp_path):
+    foreign = tmp_path / "foreign-lora"
+    shutil.copytree(tuned_model_dir / "lora", foreign)
+    info = json.loads((foreign / "adapter_info.json").read_text())
+    info.update(base_model="meta-llama/Llama-3-8B", base_model_path="/elsewhere/model")
+    (foreign / "adapter_info.json").write_text(json.dumps(info))
+    config = json.loads((foreign / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "meta-llama/Llama-3-8B"
+    (foreign / "adapter_config.json").write_text(json.dumps(config))
+    result = subprocess.run([str(tuned_model_dir / "start.sh"), "--load-lora", str(foreign)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "was trained on meta-llama/Llama-3-8B, not on this model (builtin:tiny-chat)" in result.stderr
+    missing = subprocess.run([str(tuned_model_dir / "start.sh"), "--load-lora", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no adapter_config.json" in missing.stderr
+    both = subprocess.run([str(tuned_model_dir / "start.sh"), "--no-lora", "--load-lora", str(foreign)],
+                          capture_output=True, text=True, timeout=60)
+    assert both.returncode == 1 and "contradict" in both.stderr
+
+
+def test_start_sh_help_lists_the_options(tuned_model_dir):
+    result = subprocess.run([str(tuned_model_dir / "start.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for flag in ("--port", "--host", "--api-key", "--dtype", "--device", "--quantization", "--cpu-offload",
+                 "--max-concurrency", "--engine", "--chat", "--no-lora", "--load-lora"):
+        assert flag in result.stdout, flag
+
+
+def test_quantization_and_vllm_need_a_gpu(tuned_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without a GPU")
+    quantized = subprocess.run([str(tuned_model_dir / "start.sh"), "--chat", "--quantization", "4bit"],
+                               capture_output=True, text=True, input="", timeout=120)
+    assert quantized.returncode == 1 and "needs a CUDA GPU" in quantized.stderr
+    vllm = subprocess.run([str(tuned_model_dir / "start.sh"), "--engine", "vllm"], capture_output=True, text=True,
+                          timeout=60)
+    assert vllm.returncode == 1 and "--engine vllm needs" in vllm.stderr
+
+
+def test_vllm_command_passes_the_adapter_and_its_rank(tuned_model_dir):
+    from serving.adapter import inspect_adapter
+    from serving.config import ServeConfig
+    from serving.vllm import vllm_command
+
+    cfg = ServeConfig(model_dir=tuned_model_dir, port=9000, api_key="k").apply_install_defaults()
+    adapter = inspect_adapter(tuned_model_dir / "lora", tuned_model_dir, cfg.model_info())
+    command = vllm_command(cfg, adapter)
+    assert command[:3] == ["vllm", "serve", str(tuned_model_dir / "model")]
+    assert "--enable-lora" in command and command[command.index("--max-lora-rank") + 1] == "8"
+    assert command[command.index("--lora-modules") + 1] == f"tuned-model:lora={tuned_model_dir / 'lora'}"
+    assert "k" not in command  # the key goes through the environment, not the visible command line
+
+
+def test_terminal_chat(tuned_model_dir):
+    result = subprocess.run([str(tuned_model_dir / "start.sh"), "--chat", "--temperature", "0"],
+                            input=f"{QUESTION}\n/clear\n/exit\n",
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "LLM_API_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    assert "with adapter" in result.stdout and "(chat cleared)" in result.stdout
+    assert f"> {ANSWER}\n" in result.stdout
+
+
+def _browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("LLM_INSTALLER_REQUIRE_BROWSER"):
+            raise AssertionError("chromium and chromedriver are required (CI installs them)")
+        pytest.skip("chromium/chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_web_page_chats_with_streaming(tuned_model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    state = load_state(tuned_model_dir)
+    with running_server(state) as url:
+        browser = _browser()
+        try:
+            browser.get(url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: "adapter" in b.find_element(By.ID, "model").text)
+            temperature = browser.find_element(By.ID, "temperature")
+            temperature.clear()
+            temperature.send_keys("0")
+            box = browser.find_element(By.ID, "input")
+            box.send_keys(QUESTION)
+            box.send_keys(Keys.ENTER)
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-state='done']"))
+            answer = browser.find_element(By.CSS_SELECTOR, ".msg.assistant")
+            assert answer.text == ANSWER
+            assert answer.find_elements(By.XPATH, "./*") == []  # text only, no injected markup
+            assert browser.find_element(By.CSS_SELECTOR, ".msg.user").text == QUESTION
+            browser.find_element(By.ID, "clear").click()
+            assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+            assert "<script src" not in browser.page_source and "https://" not in browser.page_source
+        finally:
+            browser.quit()
