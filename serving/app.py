@@ -256,6 +256,14 @@ async def _pieces(engine: ModelEngine, prompt: list[int], params: GenerationPara
     try:
         while True:
             kind, value = await queue.get()
+            # Pieces that piled up while the client was being written to go out as one chunk.
+            while kind == "text" and not queue.empty():
+                next_kind, next_value = queue.get_nowait()
+                if next_kind != "text":
+                    yield value
+                    kind, value = next_kind, next_value
+                    break
+                value += next_value
             if kind == "end":
                 return
             if kind == "error":

@@ -31,8 +31,9 @@ class ServeConfig:
     """Every option of start.sh."""
 
     model_dir: Path | None = _opt("Installed model directory (start.sh passes it).", None)
-    port: int = _opt("Port to listen on.", 8000)
-    host: str = _opt("Address to bind; anything but loopback exposes the model to the network (use --api-key).",
+    port: int = _opt("Port to listen on (default 8000).", 8000)
+    host: str = _opt("Address to bind (default 127.0.0.1); anything else exposes the model to the network: "
+                     "use --api-key.",
                      "127.0.0.1")
     api_key: str | None = _opt("Require this key (Bearer token) on every route but /health (default: $LLM_API_KEY).",
                                None)
@@ -41,8 +42,8 @@ class ServeConfig:
     quantization: str | None = _opt("Load the weights in 8-bit or 4-bit with bitsandbytes (CUDA only).", None,
                                     choices=QUANTIZATIONS)
     cpu_offload: bool = _opt("Keep layers that do not fit on the GPU in CPU memory.", False)
-    max_concurrency: int = _opt("Requests generating at once; more wait in a queue.", 1)
-    engine: str = _opt("Inference engine: transformers, or vllm (GPU, vllm installed).", "transformers",
+    max_concurrency: int = _opt("Requests generating at once (default 1); more wait in a queue.", 1)
+    engine: str = _opt("Inference engine (default transformers); vllm needs a GPU and vLLM installed.", "transformers",
                        choices=ENGINES)
     chat: bool = _opt("Chat in this terminal instead of starting a server.", False)
     temperature: float = _opt("Sampling temperature of --chat (0 = always the most likely token).", 0.7)
@@ -89,6 +90,12 @@ class ServeConfig:
         return self
 
 
+def _argument_type(name: str, default):
+    if isinstance(default, float | int):
+        return type(default)
+    return Path if name in ("model_dir", "load_lora") else str
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="start.sh", description="Serve the installed model (with ./lora when present) on an OpenAI-compatible "
@@ -99,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.type in ("bool",) or isinstance(spec.default, bool):
             parser.add_argument(flag, action="store_true", **kwargs)
             continue
-        kind = float if isinstance(spec.default, float) else int if isinstance(spec.default, int) else Path if spec.name in ("model_dir", "load_lora") else str
+        kind = _argument_type(spec.name, spec.default)
         parser.add_argument(flag, type=kind, default=spec.default, choices=spec.metadata.get("choices"), **kwargs)
     return parser
 
