@@ -145,7 +145,10 @@ def create_app(state: ServerState):
         messages = [m.as_template_message() for m in body.messages]
         if not any(m["role"] == "user" for m in messages):
             raise ApiError(400, "messages needs at least one user message.", "messages", "no_user_message")
-        prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+        try:
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
         params = _params(body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
                          DEFAULT_CHAT_MAX_TOKENS, "messages")
         rid, model = new_id("chatcmpl"), body.model or state.model_id

@@ -113,15 +113,18 @@ class ModelEngine:
 
     # --- prompts -----------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of a conversation rendered with the chat template, ready for the assistant's turn."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        """Token ids of a conversation rendered with the chat template, ready for the assistant's turn.
+
+        ValueError when the template rejects the conversation (e.g. roles out of the order it demands).
+        """
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
+            raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def text_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # --- generation --------------------------------------------------------------------------
     def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation) -> Iterator[str]:

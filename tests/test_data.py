@@ -159,3 +159,10 @@ def _example_of(fmt):
     from training.formats import convert_record
 
     return convert_record(RECORDS[fmt], fmt, "inline", 0)
+
+
+def test_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="Cannot load Hugging Face dataset 'nobody/no-such-dataset' split 'train'"):
+        load_sources("nobody/no-such-dataset:train")

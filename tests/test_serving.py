@@ -116,6 +116,24 @@ def test_bad_requests_get_openai_shaped_4xx(tuned_server, body, status, code):
     assert "Traceback" not in response.text
 
 
+STRICT_TEMPLATE = ("{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversations must start with "
+                   "a user turn') }}{% endif %}{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+
+
+def test_messages_the_chat_template_rejects_are_a_400(tuned_server):
+    url, state = tuned_server
+    tokenizer = state.engine.tokenizer
+    saved, tokenizer.chat_template = tokenizer.chat_template, STRICT_TEMPLATE
+    try:
+        body = {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]}
+        response = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+    finally:
+        tokenizer.chat_template = saved
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_messages" and "must start with a user turn" in error["message"]
+
+
 def test_unknown_route_and_wrong_method(tuned_server):
     assert httpx.get(tuned_server[0] + "/v1/nope").json()["error"]["code"] == "not_found"
     assert httpx.get(tuned_server[0] + "/v1/chat/completions").status_code == 405
