@@ -149,7 +149,7 @@ def main() -> None:
                     label = "queued (--max-concurrency 1)"
                 else:
                     many, many_tokens, errors = concurrent_clients(client, args.concurrency, args.tokens)
-                    label = f"batched threads (--max-concurrency {concurrency})"
+                    label = f"parallel generate threads (--max-concurrency {concurrency})"
                 print(f"  {args.concurrency} concurrent clients, {label}: {many_tokens} tokens, {errors} errors, "
                       f"aggregate {many:.1f} tokens/s = x{many / single:.2f} of one client ({single:.1f} tokens/s)")
             finally:

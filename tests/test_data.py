@@ -166,3 +166,14 @@ def test_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="Cannot load Hugging Face dataset 'nobody/no-such-dataset' split 'train'"):
         load_sources("nobody/no-such-dataset:train")
+
+
+def test_dataset_spec_with_split_goes_through_load_dataset(tmp_path):
+    # NAME:SPLIT is handed to datasets.load_dataset; a local dataset repository stands in for the Hub here.
+    repo = tmp_path / "my-qa"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "train.jsonl").write_text("\n".join(json.dumps(RECORDS["qa"]) for _ in range(4)))
+    (repo / "data" / "test.jsonl").write_text(json.dumps(RECORDS["qa"]))
+    train, test = _examples(f"{repo}:train"), _examples(f"{repo}:test", "qa")
+    assert len(train) == 4 and {e.format for e in train} == {"qa"}
+    assert len(test) == 1

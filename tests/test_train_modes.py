@@ -154,6 +154,34 @@ def test_sigterm_saves_adapter_and_resume_continues(model_dir):
     assert _info(model_dir)["metrics"]["steps"] == info["metrics"]["steps"], fresh.stdout
 
 
+def _numbered(directory):
+    return sorted(int(p.name.split("-")[1]) for p in directory.glob("checkpoint-*"))
+
+
+def test_fresh_run_sets_previous_checkpoints_aside_and_finished_runs_do_not_resume(model_dir, tmp_path):
+    data = ["--data", str(EXAMPLES / "quickstart_qa.json"), "--force-epochs"]
+    long_run = _train(model_dir, *data, "--epochs", "6")
+    long_steps = _info(model_dir)["metrics"]["steps"]
+    short_run = _train(model_dir, *data, "--epochs", "1")
+    assert long_run.returncode == 0 and short_run.returncode == 0, short_run.stdout
+    short_steps = _info(model_dir)["metrics"]["steps"]
+    assert short_steps < long_steps
+    # the long run's higher-numbered checkpoints must neither be taken for the latest nor crowd out the new ones
+    assert _numbered(model_dir / "checkpoints")[-1] == short_steps
+    assert _numbered(model_dir / "checkpoints.prev")[-1] == long_steps
+    assert "moved to" in short_run.stdout and "checkpoints.prev" in short_run.stdout
+    adapter = (model_dir / "lora" / "adapter_model.safetensors").read_bytes()
+    resumed = _train(model_dir, *data, "--epochs", "1", "--resume")
+    assert resumed.returncode == 1 and "Nothing to resume" in resumed.stdout and "Traceback" not in resumed.stdout
+    assert (model_dir / "lora" / "adapter_model.safetensors").read_bytes() == adapter
+    other = _write(tmp_path / "other.json", FACTS)
+    longer = _train(model_dir, "--data", other, "--force-epochs", "--epochs", "2", "--resume")
+    assert longer.returncode == 0, longer.stdout
+    assert "trained on different data" in longer.stdout and f"at step {short_steps}" in longer.stdout
+    missing = _train(model_dir, *data, "--resume-from", "checkpoints/checkpoint-1000")
+    assert missing.returncode == 1 and "does not exist" in missing.stdout
+
+
 def test_mixed_formats_and_text_task(model_dir):
     result = _train(model_dir, "--data", str(EXAMPLES), "--mode", "fast")
     assert result.returncode == 0, result.stdout

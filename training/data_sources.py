@@ -139,6 +139,14 @@ def _directory_files(directory: Path, forced_format: str | None) -> list[SourceR
     return found
 
 
+def _root_cause(exc: BaseException) -> str:
+    # datasets wraps the real problem ("column x missing", "no such split") in generic errors.
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    message = " ".join(str(exc).split())
+    return (message[:300] + " ...") if len(message) > 300 else message or type(exc).__name__
+
+
 def _hub_dataset(spec: str) -> SourceRecords:
     from datasets import load_dataset
 
@@ -146,8 +154,7 @@ def _hub_dataset(spec: str) -> SourceRecords:
     try:
         dataset = load_dataset(name, split=split or "train")
     except Exception as exc:
-        raise DataError(f"Cannot load Hugging Face dataset '{name}' split '{split}': "
-                        f"{str(exc).splitlines()[0]}") from exc
+        raise DataError(f"Cannot load Hugging Face dataset '{name}' split '{split}': {_root_cause(exc)}") from exc
     return SourceRecords(f"hf:{spec}", dataset.to_list())
 
 

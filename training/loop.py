@@ -42,6 +42,7 @@ class Plan:
     checkpoints: Path
     save_total_limit: int
     chat_template: str | None = None
+    data_fingerprint: str | None = None  # saved in checkpoints so a resume on other data is noticed
 
 
 @dataclass
@@ -152,6 +153,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.stop_reason: str | None = None
         self.best_dir = plan.checkpoints / "best"
+        self.resumed_fingerprint: str | None = None
 
     # --- batches and steps -------------------------------------------------------------
     def _autocast(self):
@@ -201,16 +203,14 @@ class Trainer:
         micro = 0
         while self.stop_reason is None:
             epoch = self.state.epoch
-            if not math.isinf(self.plan.epochs) and epoch >= math.ceil(self.plan.epochs):
+            if self.finished():
                 self.stop_reason = self._finished_reason()
                 break
             self.state.batch_size = batch_size_for_cycle(self.plan, epoch, len(self.train_rows))
             order = list(range(len(self.train_rows)))
             random.Random(self.seed + epoch).shuffle(order)
             batches = [order[i:i + self.state.batch_size] for i in range(0, len(order), self.state.batch_size)]
-            limit = len(batches)
-            if self.plan.epochs - epoch < 1:
-                limit = max(1, math.ceil((self.plan.epochs - epoch) * len(batches)))
+            limit = self._batches_in(epoch)
             eval_every = max(1, limit // max(1, self.state.evals_per_epoch))
             for index in range(self.state.batch_in_epoch, limit):
                 rows = [self.train_rows[i] for i in batches[index]]
@@ -246,6 +246,22 @@ class Trainer:
                 self.state.batch_in_epoch = 0
         self.state.elapsed = time.monotonic() - started
         return self.stop_reason
+
+    def _batches_in(self, epoch: int) -> int:
+        """Batches epoch `epoch` trains on (fewer in a final fractional epoch)."""
+        rows = len(self.train_rows)
+        batches = math.ceil(rows / batch_size_for_cycle(self.plan, epoch, rows))
+        if self.plan.epochs - epoch < 1:
+            return max(1, math.ceil((self.plan.epochs - epoch) * batches))
+        return batches
+
+    def finished(self) -> bool:
+        """True when the plan's epochs/cycles are all done (nothing left for a resume to train)."""
+        if math.isinf(self.plan.epochs):
+            return False
+        last = math.ceil(self.plan.epochs) - 1
+        epoch = self.state.epoch
+        return epoch > last or (epoch == last and self.state.batch_in_epoch >= self._batches_in(last))
 
     def _finished_reason(self) -> str:
         if self.plan.circular:
@@ -325,7 +341,8 @@ class Trainer:
         directory = self.plan.checkpoints / f"checkpoint-{self.state.step}"
         save_adapter_dir(self.model, directory, chat_template=self.plan.chat_template)
         torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
-        state = {"loop": self.state.__dict__, "monitor": self.monitor.state()}
+        state = {"loop": self.state.__dict__, "monitor": self.monitor.state(),
+                 "data_fingerprint": self.plan.data_fingerprint}
         (directory / STATE_FILE).write_text(json.dumps(state, default=str), encoding="utf-8")
         if is_best:
             import shutil
@@ -357,3 +374,4 @@ class Trainer:
         for key, value in state["loop"].items():
             setattr(self.state, key, value)
         self.monitor.load_state(state["monitor"])
+        self.resumed_fingerprint = state.get("data_fingerprint")

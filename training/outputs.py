@@ -44,6 +44,16 @@ def prune_checkpoints(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def set_aside_checkpoints(root: Path) -> bool:
+    """Move a previous run's checkpoints to <root>.prev (replacing an older one); True if there were any."""
+    if not root.is_dir() or not any(root.iterdir()):
+        return False
+    previous = root.with_name(root.name + ".prev")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(root, previous)
+    return True
+
+
 def replace_dir_atomically(staging: Path, target: Path) -> Path | None:
     """Move `staging` to `target`; an existing target becomes target.prev (returned)."""
     previous = target.with_name(target.name + ".prev")

@@ -22,7 +22,7 @@ from .data_sources import DataError, load_sources
 from .formats import examples_from_source, task_type
 from .loop import LoopState, Plan, StopSignal, Trainer
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import numbered_checkpoints, plot_history, publish_adapter
+from .outputs import STATE_FILE, numbered_checkpoints, plot_history, publish_adapter, set_aside_checkpoints
 from .packing import pack
 from .report import final_report, sample_answers
 from .tokenize import ensure_chat_template, tokenize_all
@@ -78,9 +78,47 @@ def choose_max_length(cfg: TrainConfig, handler, model_config: dict) -> int:
     return min(limit, model_limit) if model_limit else limit
 
 
+def _fingerprint(sources) -> str:
+    import hashlib
+
+    parts = sorted(s.sha256 or f"{s.origin}:{len(s.records)}" for s in sources)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def _latest_checkpoint(checkpoints: Path) -> Path | None:
     found = numbered_checkpoints(checkpoints)
     return found[-1] if found else None
+
+
+def _start_or_resume(cfg: TrainConfig, trainer: Trainer, checkpoints: Path) -> Path | None:
+    """Load the checkpoint to resume from, or set the previous run's checkpoints aside for a fresh run.
+
+    A fresh run must not share checkpoints/ with an older one: numeric order would make the older run's
+    higher-numbered checkpoints look like the latest, and rotation would delete the new ones.
+    """
+    resume_dir = cfg.resume_from or (_latest_checkpoint(checkpoints) if cfg.resume else None)
+    if cfg.resume and resume_dir is None:
+        raise DataError(f"--resume: no checkpoint-N in {checkpoints}; start without --resume.")
+    if resume_dir is None:
+        if set_aside_checkpoints(checkpoints):
+            log.info("Checkpoints of the previous run moved to %s.prev (resume it with --resume-from).", checkpoints)
+        return None
+    resume_dir = Path(resume_dir).expanduser().resolve()
+    if not resume_dir.is_dir():
+        raise DataError(f"--resume-from: {resume_dir} does not exist; checkpoints are in {checkpoints}.")
+    if not (resume_dir / "adapter_model.safetensors").is_file() or not (resume_dir / STATE_FILE).is_file():
+        raise DataError(f"{resume_dir} is not a training checkpoint (adapter_model.safetensors or {STATE_FILE} "
+                        "missing).")
+    trainer.load_checkpoint(resume_dir)
+    if trainer.finished():
+        raise DataError(f"Nothing to resume: {resume_dir.name} is from a run that already completed "
+                        f"{trainer.state.epoch} {'cycles' if trainer.plan.circular else 'epoch(s)'}; raise "
+                        f"--epochs to train it further, or start without --resume.")
+    if trainer.resumed_fingerprint and trainer.resumed_fingerprint != trainer.plan.data_fingerprint:
+        log.warning("%s was trained on different data than --data %s; continuing with the new data.",
+                    resume_dir.name, cfg.data)
+    log.info("Resumed from %s at step %d (epoch %d).", resume_dir, trainer.state.step, trainer.state.epoch + 1)
+    return resume_dir
 
 
 def run(cfg: TrainConfig) -> int:
@@ -157,7 +195,7 @@ def run(cfg: TrainConfig) -> int:
                 learning_rate=lr, evals_per_epoch=1 if circular else preset.evals_per_epoch, circular=circular,
                 adaptive=cfg.mode == "adaptive", constant_lr=cfg.mode in ("adaptive", "non-stop"),
                 optimizer=cfg.optimizer, precision=placement.precision, device=placement.device,
-                checkpoints=checkpoints, save_total_limit=cfg.save_total_limit,
+                checkpoints=checkpoints, save_total_limit=cfg.save_total_limit, data_fingerprint=_fingerprint(sources),
                 chat_template=tokenizer.chat_template if fallback_used else None)
     rules = rules_for(task, cfg.patience, cfg.overfitting_threshold)
     autostop = not cfg.force_epochs and cfg.mode != "non-stop"
@@ -172,56 +210,50 @@ def run(cfg: TrainConfig) -> int:
              f"threshold {rules.overfitting_threshold:.0%}, patience {rules.patience}"
              + (", perplexity explosion > 100" if rules.watch_perplexity else ""))
 
-    writer = _tensorboard_writer(workdir, cfg)
-    board = None if cfg.no_tensorboard else tensorboard_server.start(workdir, cfg.tensorboard_port)
-    trainer = Trainer(model, plan, train_rows, val_rows, monitor, tokenizer.pad_token_id, cfg.seed, writer,
+    trainer = Trainer(model, plan, train_rows, val_rows, monitor, tokenizer.pad_token_id, cfg.seed,
                       status=lambda line: log.info(line))
-    resume_dir = cfg.resume_from or (_latest_checkpoint(checkpoints) if cfg.resume else None)
-    if cfg.resume and resume_dir is None:
-        raise DataError(f"--resume: no checkpoint-N in {checkpoints}.")
-    if resume_dir is not None:
-        resume_dir = Path(resume_dir).resolve()
-        if not (resume_dir / "adapter_model.safetensors").is_file():
-            raise DataError(f"{resume_dir} is not a checkpoint (adapter_model.safetensors missing).")
-        trainer.load_checkpoint(resume_dir)
-        log.info("Resumed from %s at step %d (epoch %d).", resume_dir, trainer.state.step, trainer.state.epoch + 1)
-    else:
-        import shutil
+    resume_dir = _start_or_resume(cfg, trainer, checkpoints)
+    writer = trainer.writer = _tensorboard_writer(workdir, cfg)
+    board = None if cfg.no_tensorboard else tensorboard_server.start(workdir, cfg.tensorboard_port)
+    try:
+        reason, baseline = _train(trainer, resume_dir is None, writer)
+        log.info("Stopped: %s.", reason)
+        interrupted = reason.startswith("interrupted")
+        last = trainer.save_last()
+        if trainer.best_dir.is_dir():
+            chosen, which = trainer.best_dir, f"best (step {monitor.best_step}, validation loss {monitor.best_val:.4f})"
+        else:
+            chosen, which = last, "last (no evaluation finished)"
+        adapter_info = _adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
+                                     rules, reason, monitor, trainer.state, baseline, which, started, truncated)
+        previous = publish_adapter(chosen, output, adapter_info)
+        _copy_logs(workdir, output)
+        plot_history(trainer.state.history, workdir / "training_history.png")
+        log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
+        samples = None
+        if not cfg.skip_test and not interrupted:
+            samples = sample_answers(model, tokenizer, chosen, examples, val_set is not train_set, placement.device)
+        print(final_report(adapter_info, samples), flush=True)
+        return 130 if interrupted and cfg.mode != "non-stop" else 0
+    finally:
+        if board is not None:
+            board.terminate()
 
-        shutil.rmtree(trainer.best_dir, ignore_errors=True)
 
-    baseline = trainer.evaluate() if resume_dir is None else None
+def _train(trainer: Trainer, fresh: bool, writer) -> tuple[str, float | None]:
+    """(stop reason, validation loss before training, for fresh runs) with a progress bar and signal handling."""
     from tqdm.auto import tqdm
 
+    baseline = trainer.evaluate() if fresh else None
     progress = tqdm(total=trainer.total or None, initial=trainer.state.step, desc="training", unit="step",
                     dynamic_ncols=True, disable=None)
     try:
         with StopSignal() as stop:
-            reason = trainer.run(stop, progress)
+            return trainer.run(stop, progress), baseline
     finally:
         progress.close()
         if writer:
             writer.close()
-    log.info("Stopped: %s.", reason)
-    interrupted = reason.startswith("interrupted")
-    last = trainer.save_last()
-    if trainer.best_dir.is_dir():
-        chosen, which = trainer.best_dir, f"best (step {monitor.best_step}, validation loss {monitor.best_val:.4f})"
-    else:
-        chosen, which = last, "last (no evaluation finished)"
-    adapter_info = _adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
-                                 rules, reason, monitor, trainer.state, baseline, which, started, truncated)
-    previous = publish_adapter(chosen, output, adapter_info)
-    _copy_logs(workdir, output)
-    plot_history(trainer.state.history, workdir / "training_history.png")
-    log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
-    samples = None
-    if not cfg.skip_test and not interrupted:
-        samples = sample_answers(model, tokenizer, chosen, examples, val_set is not train_set, placement.device)
-    print(final_report(adapter_info, samples), flush=True)
-    if board is not None:
-        board.terminate()
-    return 130 if interrupted and cfg.mode != "non-stop" else 0
 
 
 def _tensorboard_writer(workdir: Path, cfg: TrainConfig):
