@@ -42,6 +42,7 @@ class Plan:
     checkpoints: Path
     save_total_limit: int
     chat_template: str | None = None
+    max_batch_size: int = 0  # circular growth stops here (what fits in memory); 0 = no cap
     data_fingerprint: str | None = None  # saved in checkpoints so a resume on other data is noticed
 
 
@@ -109,7 +110,10 @@ def batch_size_for_cycle(plan: Plan, cycle: int, rows: int) -> int:
     if not plan.circular:
         return plan.batch_size
     growth = min(cycle // CIRCULAR_GROWTH_EVERY, CIRCULAR_MAX_GROWTH - 1)
-    return max(1, min(plan.batch_size * (1 + growth), rows))
+    size = plan.batch_size * (1 + growth)
+    if plan.max_batch_size:
+        size = min(size, max(plan.batch_size, plan.max_batch_size))
+    return max(1, min(size, rows))
 
 
 def total_steps(plan: Plan, rows: int) -> int:

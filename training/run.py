@@ -25,12 +25,12 @@ from .modeling import choose_placement, load_base_model, load_tokenizer, resolve
 from .outputs import STATE_FILE, numbered_checkpoints, plot_history, publish_adapter, set_aside_checkpoints
 from .packing import pack
 from .report import final_report, sample_answers
+from .sizing import auto_batch_rows, free_memory
 from .tokenize import ensure_chat_template, tokenize_all
 
 log = logging.getLogger("train")
 MIN_VALIDATION_EXAMPLES = 5
 DEFAULT_MAX_SEQ = 2048
-CPU_BATCH_SIZE = 4
 
 
 def _now() -> str:
@@ -76,6 +76,21 @@ def choose_max_length(cfg: TrainConfig, handler, model_config: dict) -> int:
     limit = cfg.max_seq_length or min(handler.max_sequence_length, DEFAULT_MAX_SEQ)
     model_limit = model_config.get("max_position_embeddings") or model_config.get("n_positions")
     return min(limit, model_limit) if model_limit else limit
+
+
+def _batch_rows(cfg: TrainConfig, model_config: dict, row_length: int, placement, circular: bool,
+                checkpointing: bool) -> tuple[int, int]:
+    """(rows per step to start with, the most circular growth may reach; 0 = no cap)."""
+    if cfg.batch_size:
+        return cfg.batch_size, 0
+    fit = auto_batch_rows(model_config, row_length, placement.device, placement.precision, checkpointing,
+                          free_memory(placement.device))
+    if circular:
+        # circular mode grows the batch from one row: many small steps first, then steadier ones
+        log.info("Batch: starts at 1 row, grows up to %d (auto: %s).", fit.rows, fit.reason)
+        return 1, fit.rows
+    log.info("Batch: %d rows of up to %d tokens (auto: %s).", fit.rows, row_length, fit.reason)
+    return fit.rows, 0
 
 
 def _fingerprint(sources) -> str:
@@ -187,11 +202,11 @@ def run(cfg: TrainConfig) -> int:
     circular = cfg.circular
     epochs = cfg.max_circular_epochs if circular else (cfg.epochs or preset.epochs)
     lr = cfg.learning_rate or handler.learning_rate(parameters) * preset.lr_multiplier
-    batch = cfg.batch_size or (CPU_BATCH_SIZE if placement.device != "cuda" else 8)
-    if circular and not cfg.batch_size:
-        batch = 1  # circular mode grows the batch from one row: many small steps first, then steadier ones
+    batch, max_batch = _batch_rows(cfg, model_config, row_length, placement, circular,
+                                   handler.gradient_checkpointing and (cfg.method == "qlora" or cfg.use_8bit))
     checkpoints = workdir / "checkpoints"
-    plan = Plan(epochs=epochs, batch_size=min(batch, len(train_rows)), accumulation=cfg.gradient_accumulation_steps,
+    plan = Plan(epochs=epochs, batch_size=min(batch, len(train_rows)), max_batch_size=max_batch,
+                accumulation=cfg.gradient_accumulation_steps,
                 learning_rate=lr, evals_per_epoch=1 if circular else preset.evals_per_epoch, circular=circular,
                 adaptive=cfg.mode == "adaptive", constant_lr=cfg.mode in ("adaptive", "non-stop"),
                 optimizer=cfg.optimizer, precision=placement.precision, device=placement.device,
