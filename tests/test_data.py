@@ -121,6 +121,7 @@ def test_forced_format_and_vision_records(tmp_path):
     (b"[1, 2]", "record 1 is a int"),
     (b"[{\"instruction\": \"x\", \"output\": \"y\"}, {\"instruction\": \"x\"}]", "record 2: missing field(s) output"),
     (b"[{\"foo\": 1}]", "known formats: alpaca, sharegpt"),
+    (b"{\"question\": \"a\", \"answer\": \"b\"}\n{\"question\": \"c\"", "malformed JSON on line 2"),
 ])
 def test_bad_files_name_file_and_record(tmp_path, content, message):
     path = tmp_path / "bad.json"
@@ -128,6 +129,12 @@ def test_bad_files_name_file_and_record(tmp_path, content, message):
     with pytest.raises(DataError, match="bad.json") as error:
         _examples(path)
     assert message in str(error.value)
+
+
+def test_json_lines_saved_as_json_are_read(tmp_path):
+    path = tmp_path / "qa.json"
+    path.write_text("\n".join(json.dumps(RECORDS["qa"]) for _ in range(3)) + "\n")
+    assert [e.format for e in _examples(path)] == ["qa"] * 3
 
 
 def test_missing_sources_are_clear(tmp_path):

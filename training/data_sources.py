@@ -50,6 +50,8 @@ def _read_json(path: Path) -> list[dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines saved as .json: one object per line
+            return _parse_jsonl(path, text)
         raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from exc
     if isinstance(data, dict):
         lists = [value for value in data.values() if isinstance(value, list)]
@@ -62,8 +64,12 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    return _parse_jsonl(path, _decode(path))
+
+
+def _parse_jsonl(path: Path, text: str) -> list[dict]:
     records = []
-    for number, line in enumerate(_decode(path).splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
