@@ -30,6 +30,7 @@ from .tokenize import ensure_chat_template, tokenize_all
 
 log = logging.getLogger("train")
 MIN_VALIDATION_EXAMPLES = 5
+SMALL_DATASET = 1000  # the training guide recommends circular training below this
 DEFAULT_MAX_SEQ = 2048
 
 
@@ -169,6 +170,9 @@ def run(cfg: TrainConfig) -> int:
                     max_length)
     train_set, val_set, split_note = split_examples(tokenized, cfg)
     log.info("Split: %s.", split_note)
+    if len(examples) < SMALL_DATASET and not cfg.circular and cfg.mode != "non-stop":
+        log.info("Hint: %d examples is a small dataset; --circular trains it for many more passes and stops on "
+                 "perfect loss.", len(examples))
 
     row_length = min(max_length, max(len(t.input_ids) for t in tokenized))
     train_rows = pack(train_set, row_length, cfg.seed)
