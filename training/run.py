@@ -106,6 +106,10 @@ def _latest_checkpoint(checkpoints: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class NothingToResume(Exception):
+    """--resume found a run that had already finished: not an error, but nothing to do."""
+
+
 def _start_or_resume(cfg: TrainConfig, trainer: Trainer, checkpoints: Path) -> Path | None:
     """Load the checkpoint to resume from, or set the previous run's checkpoints aside for a fresh run.
 
@@ -127,9 +131,9 @@ def _start_or_resume(cfg: TrainConfig, trainer: Trainer, checkpoints: Path) -> P
                         "missing).")
     trainer.load_checkpoint(resume_dir)
     if trainer.finished():
-        raise DataError(f"Nothing to resume: {resume_dir.name} is from a run that already completed "
-                        f"{trainer.state.epoch} {'cycles' if trainer.plan.circular else 'epoch(s)'}; raise "
-                        f"--epochs to train it further, or start without --resume.")
+        raise NothingToResume(f"Nothing to resume: {resume_dir.name} is from a run that already completed its "
+                              f"{trainer.plan.epochs:g} {'cycles' if trainer.plan.circular else 'epoch(s)'}, and "
+                              "./lora is unchanged; raise --epochs to train it further, or start without --resume.")
     if trainer.resumed_fingerprint and trainer.resumed_fingerprint != trainer.plan.data_fingerprint:
         log.warning("%s was trained on different data than --data %s; continuing with the new data.",
                     resume_dir.name, cfg.data)
@@ -231,7 +235,11 @@ def run(cfg: TrainConfig) -> int:
 
     trainer = Trainer(model, plan, train_rows, val_rows, monitor, tokenizer.pad_token_id, cfg.seed,
                       status=lambda line: log.info(line))
-    resume_dir = _start_or_resume(cfg, trainer, checkpoints)
+    try:
+        resume_dir = _start_or_resume(cfg, trainer, checkpoints)
+    except NothingToResume as done:
+        log.info("%s", done)
+        return 0
     writer = trainer.writer = _tensorboard_writer(workdir, cfg)
     board = None if cfg.no_tensorboard else tensorboard_server.start(workdir, cfg.tensorboard_port)
     try:
