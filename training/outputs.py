@@ -54,6 +54,27 @@ def set_aside_checkpoints(root: Path) -> bool:
     return True
 
 
+def adopt_run(checkpoint: Path, root: Path) -> Path:
+    """Make the run `checkpoint` belongs to the current one in `root`, so new checkpoints and its best/
+    continue it; returns the checkpoint's path afterwards. checkpoints.prev swaps places with checkpoints."""
+    source = checkpoint.parent
+    if source == root:
+        return checkpoint
+    if source == root.with_name(root.name + ".prev"):
+        parked = root.with_name(root.name + ".swap")
+        if root.exists():
+            os.replace(root, parked)
+        os.replace(source, root)
+        if parked.exists():
+            os.replace(parked, source)
+        return root / checkpoint.name
+    set_aside_checkpoints(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if (source / "best").is_dir():
+        shutil.copytree(source / "best", root / "best")
+    return checkpoint
+
+
 def replace_dir_atomically(staging: Path, target: Path) -> Path | None:
     """Move `staging` to `target`; an existing target becomes target.prev (returned)."""
     previous = target.with_name(target.name + ".prev")

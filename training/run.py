@@ -22,7 +22,7 @@ from .data_sources import DataError, load_sources
 from .formats import examples_from_source, task_type
 from .loop import LoopState, Plan, StopSignal, Trainer
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import STATE_FILE, numbered_checkpoints, plot_history, publish_adapter, set_aside_checkpoints
+from .outputs import STATE_FILE, adopt_run, numbered_checkpoints, plot_history, publish_adapter, set_aside_checkpoints
 from .packing import pack
 from .report import final_report, sample_answers
 from .sizing import auto_batch_rows, free_memory
@@ -123,7 +123,10 @@ def _start_or_resume(cfg: TrainConfig, trainer: Trainer, checkpoints: Path) -> P
         if set_aside_checkpoints(checkpoints):
             log.info("Checkpoints of the previous run moved to %s.prev (resume it with --resume-from).", checkpoints)
         return None
-    resume_dir = Path(resume_dir).expanduser().resolve()
+    resume_dir = Path(resume_dir).expanduser()
+    if not resume_dir.is_absolute() and not resume_dir.exists():
+        resume_dir = checkpoints.parent / resume_dir  # the guide's paths are relative to the model directory
+    resume_dir = resume_dir.resolve()
     if not resume_dir.is_dir():
         raise DataError(f"--resume-from: {resume_dir} does not exist; checkpoints are in {checkpoints}.")
     if not (resume_dir / "adapter_model.safetensors").is_file() or not (resume_dir / STATE_FILE).is_file():
@@ -137,8 +140,12 @@ def _start_or_resume(cfg: TrainConfig, trainer: Trainer, checkpoints: Path) -> P
     if trainer.resumed_fingerprint and trainer.resumed_fingerprint != trainer.plan.data_fingerprint:
         log.warning("%s was trained on different data than --data %s; continuing with the new data.",
                     resume_dir.name, cfg.data)
+    adopted = adopt_run(resume_dir, checkpoints.resolve())
+    if adopted != resume_dir:
+        log.info("%s is from another run: its checkpoints are now in %s, the latest run's in %s.prev.",
+                 resume_dir.name, checkpoints, checkpoints)
     log.info("Resumed from %s at step %d (epoch %d).", resume_dir, trainer.state.step, trainer.state.epoch + 1)
-    return resume_dir
+    return adopted
 
 
 def run(cfg: TrainConfig) -> int:
