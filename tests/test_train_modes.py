@@ -187,6 +187,17 @@ def test_fresh_run_sets_previous_checkpoints_aside_and_finished_runs_are_left_al
     assert missing.returncode == 1 and "does not exist" in missing.stdout
 
 
+def test_resume_keeps_the_checkpoints_lora_shape(model_dir):
+    data = ["--data", str(EXAMPLES / "quickstart_qa.json"), "--force-epochs"]
+    assert _train(model_dir, *data, "--epochs", "1", "--lora-r", "16").returncode == 0
+    resumed = _train(model_dir, *data, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0 and "LoRA: rank 16 (the checkpoint's), alpha 32" in resumed.stdout, resumed.stdout
+    assert _info(model_dir)["hyperparameters"]["lora_r"] == 16
+    clash = _train(model_dir, *data, "--epochs", "3", "--resume", "--lora-r", "8")
+    assert clash.returncode == 1 and "trained with --lora-r 16, not 8" in clash.stdout
+    assert "Traceback" not in clash.stdout
+
+
 def test_mixed_formats_and_text_task(model_dir):
     result = _train(model_dir, "--data", str(EXAMPLES), "--mode", "fast")
     assert result.returncode == 0, result.stdout

@@ -22,9 +22,10 @@ from .data_sources import DataError, load_sources
 from .formats import examples_from_source, task_type
 from .loop import LoopState, Plan, StopSignal, Trainer
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import STATE_FILE, adopt_run, numbered_checkpoints, plot_history, publish_adapter, set_aside_checkpoints
+from .outputs import plot_history, publish_adapter
 from .packing import pack
 from .report import final_report, sample_answers
+from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
 from .sizing import auto_batch_rows, free_memory
 from .tokenize import ensure_chat_template, tokenize_all
 
@@ -94,60 +95,6 @@ def _batch_rows(cfg: TrainConfig, model_config: dict, row_length: int, placement
     return fit.rows, 0
 
 
-def _fingerprint(sources) -> str:
-    import hashlib
-
-    parts = sorted(s.sha256 or f"{s.origin}:{len(s.records)}" for s in sources)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = numbered_checkpoints(checkpoints)
-    return found[-1] if found else None
-
-
-class NothingToResume(Exception):
-    """--resume found a run that had already finished: not an error, but nothing to do."""
-
-
-def _start_or_resume(cfg: TrainConfig, trainer: Trainer, checkpoints: Path) -> Path | None:
-    """Load the checkpoint to resume from, or set the previous run's checkpoints aside for a fresh run.
-
-    A fresh run must not share checkpoints/ with an older one: numeric order would make the older run's
-    higher-numbered checkpoints look like the latest, and rotation would delete the new ones.
-    """
-    resume_dir = cfg.resume_from or (_latest_checkpoint(checkpoints) if cfg.resume else None)
-    if cfg.resume and resume_dir is None:
-        raise DataError(f"--resume: no checkpoint-N in {checkpoints}; start without --resume.")
-    if resume_dir is None:
-        if set_aside_checkpoints(checkpoints):
-            log.info("Checkpoints of the previous run moved to %s.prev (resume it with --resume-from).", checkpoints)
-        return None
-    resume_dir = Path(resume_dir).expanduser()
-    if not resume_dir.is_absolute() and not resume_dir.exists():
-        resume_dir = checkpoints.parent / resume_dir  # the guide's paths are relative to the model directory
-    resume_dir = resume_dir.resolve()
-    if not resume_dir.is_dir():
-        raise DataError(f"--resume-from: {resume_dir} does not exist; checkpoints are in {checkpoints}.")
-    if not (resume_dir / "adapter_model.safetensors").is_file() or not (resume_dir / STATE_FILE).is_file():
-        raise DataError(f"{resume_dir} is not a training checkpoint (adapter_model.safetensors or {STATE_FILE} "
-                        "missing).")
-    trainer.load_checkpoint(resume_dir)
-    if trainer.finished():
-        raise NothingToResume(f"Nothing to resume: {resume_dir.name} is from a run that already completed its "
-                              f"{trainer.plan.epochs:g} {'cycles' if trainer.plan.circular else 'epoch(s)'}, and "
-                              "./lora is unchanged; raise --epochs to train it further, or start without --resume.")
-    if trainer.resumed_fingerprint and trainer.resumed_fingerprint != trainer.plan.data_fingerprint:
-        log.warning("%s was trained on different data than --data %s; continuing with the new data.",
-                    resume_dir.name, cfg.data)
-    adopted = adopt_run(resume_dir, checkpoints.resolve())
-    if adopted != resume_dir:
-        log.info("%s is from another run: its checkpoints are now in %s, the latest run's in %s.prev.",
-                 resume_dir.name, checkpoints, checkpoints)
-    log.info("Resumed from %s at step %d (epoch %d).", resume_dir, trainer.state.step, trainer.state.epoch + 1)
-    return adopted
-
-
 def run(cfg: TrainConfig) -> int:
     """Train as configured; returns the process exit status."""
     model_path, output, workdir = cfg.resolved_paths()
@@ -193,6 +140,8 @@ def run(cfg: TrainConfig) -> int:
              len(train_set), len(train_rows), row_length, 100 * packed_fill,
              statistics.median(len(t.input_ids) for t in train_set))
 
+    checkpoints = workdir / "checkpoints"
+    checkpoint = find_checkpoint(cfg.resume, cfg.resume_from, checkpoints)
     placement = choose_placement(cfg.device if cfg.device != "auto" else info.get("defaults", {}).get("device",
                                                                                                        "auto"), handler)
     parameters = info.get("parameters") or 0
@@ -200,18 +149,22 @@ def run(cfg: TrainConfig) -> int:
                             info.get("trust_remote_code", False))
     if not parameters:
         parameters = sum(p.numel() for p in model.parameters())
-    rank = cfg.lora_r or handler.lora_rank(parameters)
-    alpha = cfg.lora_alpha or 2 * rank
-    targets = resolve_targets(model, handler, cfg.target_modules, parameters)
+    if checkpoint is not None:  # the checkpoint fixes the adapter's shape
+        shape = checkpoint_lora_shape(checkpoint, cfg.lora_r, cfg.lora_alpha, cfg.target_modules)
+        rank, alpha, targets = shape.rank, shape.alpha, shape.targets
+    else:
+        rank = cfg.lora_r or handler.lora_rank(parameters)
+        alpha = cfg.lora_alpha or 2 * rank
+        targets = resolve_targets(model, handler, cfg.target_modules, parameters)
     if is_small_model(parameters) and not (cfg.target_modules and cfg.learning_rate):
         log.info("Small model (%s parameters, under 50M): LoRA on every linear layer and a %.0e base "
                  "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
     model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, cfg.method == "qlora" or cfg.use_8bit,
                            handler.gradient_checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("LoRA: rank %d%s, alpha %d, targets %s; %s trainable parameters (%.2f%% of %s).", rank,
-             "" if cfg.lora_r else " (auto from model size)", alpha, ",".join(targets), f"{trainable:,}",
-             100 * trainable / max(1, parameters), f"{parameters:,}")
+    origin = " (the checkpoint's)" if checkpoint else "" if cfg.lora_r else " (auto from model size)"
+    log.info("LoRA: rank %d%s, alpha %d, targets %s; %s trainable parameters (%.2f%% of %s).", rank, origin, alpha,
+             ",".join(targets), f"{trainable:,}", 100 * trainable / max(1, parameters), f"{parameters:,}")
 
     preset = cfg.preset
     circular = cfg.circular
@@ -219,13 +172,12 @@ def run(cfg: TrainConfig) -> int:
     lr = cfg.learning_rate or handler.learning_rate(parameters) * preset.lr_multiplier
     batch, max_batch = _batch_rows(cfg, model_config, row_length, placement, circular,
                                    handler.gradient_checkpointing and (cfg.method == "qlora" or cfg.use_8bit))
-    checkpoints = workdir / "checkpoints"
     plan = Plan(epochs=epochs, batch_size=min(batch, len(train_rows)), max_batch_size=max_batch,
                 accumulation=cfg.gradient_accumulation_steps,
                 learning_rate=lr, evals_per_epoch=1 if circular else preset.evals_per_epoch, circular=circular,
                 adaptive=cfg.mode == "adaptive", constant_lr=cfg.mode in ("adaptive", "non-stop"),
                 optimizer=cfg.optimizer, precision=placement.precision, device=placement.device,
-                checkpoints=checkpoints, save_total_limit=cfg.save_total_limit, data_fingerprint=_fingerprint(sources),
+                checkpoints=checkpoints, save_total_limit=cfg.save_total_limit, data_fingerprint=data_fingerprint(sources),
                 chat_template=tokenizer.chat_template if fallback_used else None)
     rules = rules_for(task, cfg.patience, cfg.overfitting_threshold)
     autostop = not cfg.force_epochs and cfg.mode != "non-stop"
@@ -243,7 +195,7 @@ def run(cfg: TrainConfig) -> int:
     trainer = Trainer(model, plan, train_rows, val_rows, monitor, tokenizer.pad_token_id, cfg.seed,
                       status=lambda line: log.info(line))
     try:
-        resume_dir = _start_or_resume(cfg, trainer, checkpoints)
+        resume_dir = start_or_resume(trainer, checkpoint, checkpoints, cfg.data)
     except NothingToResume as done:
         log.info("%s", done)
         return 0

@@ -1,0 +1,100 @@
+"""Starting fresh or resuming: which checkpoint, the LoRA shape it fixes, and keeping runs apart in
+checkpoints/ (a fresh run sets the previous one aside in checkpoints.prev/)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data_sources import DataError
+from .loop import Trainer
+from .outputs import STATE_FILE, adopt_run, numbered_checkpoints, set_aside_checkpoints
+
+log = logging.getLogger("train")
+
+
+class NothingToResume(Exception):
+    """--resume found a run that had already finished: not an error, but nothing to do."""
+
+
+@dataclass
+class LoraShape:
+    """The LoRA settings a checkpoint was trained with; a resumed run must keep them."""
+
+    rank: int
+    alpha: int
+    targets: list[str]
+
+
+def data_fingerprint(sources) -> str:
+    """A short hash of the data files' contents (name and size for Hub datasets)."""
+    parts = sorted(s.sha256 or f"{s.origin}:{len(s.records)}" for s in sources)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def find_checkpoint(resume: bool, resume_from: Path | None, checkpoints: Path) -> Path | None:
+    """The checkpoint --resume / --resume-from name, checked; None for a fresh run."""
+    if not resume and resume_from is None:
+        return None
+    if resume_from is None:
+        found = numbered_checkpoints(checkpoints)
+        if not found:
+            raise DataError(f"--resume: no checkpoint-N in {checkpoints}; start without --resume.")
+        path = found[-1]
+    else:
+        path = Path(resume_from).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = checkpoints.parent / path  # the guide's paths are relative to the model directory
+    path = path.resolve()
+    if not path.is_dir():
+        raise DataError(f"--resume-from: {path} does not exist; checkpoints are in {checkpoints}.")
+    if not (path / "adapter_model.safetensors").is_file() or not (path / STATE_FILE).is_file():
+        raise DataError(f"{path} is not a training checkpoint (adapter_model.safetensors or {STATE_FILE} missing).")
+    return path
+
+
+def checkpoint_lora_shape(checkpoint: Path, lora_r: int | None, lora_alpha: int | None,
+                          target_modules: str | None) -> LoraShape:
+    """The checkpoint's rank/alpha/targets; flags that contradict them are an error (the weights would not fit)."""
+    config = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+    targets = config.get("target_modules") or []
+    shape = LoraShape(int(config["r"]), int(config.get("lora_alpha") or 2 * config["r"]),
+                      sorted([targets] if isinstance(targets, str) else targets))
+    asked = {"--lora-r": (lora_r, shape.rank), "--lora-alpha": (lora_alpha, shape.alpha)}
+    if target_modules and target_modules != "all-linear":
+        asked["--target-modules"] = (sorted(t.strip() for t in target_modules.split(",") if t.strip()), shape.targets)
+    for flag, (given, saved) in asked.items():
+        if given is not None and given != saved:
+            raise DataError(f"{checkpoint.name} was trained with {flag} {saved}, not {given}: resume with its "
+                            f"settings, or start a fresh run without --resume.")
+    return shape
+
+
+def start_or_resume(trainer: Trainer, checkpoint: Path | None, checkpoints: Path, data: str) -> Path | None:
+    """Load `checkpoint` into the trainer, or set the previous run's checkpoints aside for a fresh run.
+
+    A fresh run must not share checkpoints/ with an older one: numeric order would make the older run's
+    higher-numbered checkpoints look like the latest, and rotation would delete the new ones.
+    Returns the checkpoint's path once its run is the current one.
+    """
+    if checkpoint is None:
+        if set_aside_checkpoints(checkpoints):
+            log.info("Checkpoints of the previous run moved to %s.prev (resume it with --resume-from).", checkpoints)
+        return None
+    trainer.load_checkpoint(checkpoint)
+    if trainer.finished():
+        raise NothingToResume(f"Nothing to resume: {checkpoint.name} is from a run that already completed its "
+                              f"{trainer.plan.epochs:g} {'cycles' if trainer.plan.circular else 'epoch(s)'}, and "
+                              "./lora is unchanged; raise --epochs to train it further, or start without --resume.")
+    if trainer.resumed_fingerprint and trainer.resumed_fingerprint != trainer.plan.data_fingerprint:
+        log.warning("%s was trained on different data than --data %s; continuing with the new data.",
+                    checkpoint.name, data)
+    adopted = adopt_run(checkpoint, checkpoints.resolve())
+    if adopted != checkpoint:
+        log.info("%s is from another run: its checkpoints are now in %s, the latest run's in %s.prev.",
+                 checkpoint.name, checkpoints, checkpoints)
+    log.info("Resumed from %s at step %d (epoch %d).", checkpoint, trainer.state.step, trainer.state.epoch + 1)
+    return adopted
