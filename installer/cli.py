@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .model_dir import ModelDir, installed_models
-from .settings import SettingsError, models_dir, validate_name
+from .settings import DEVICES, DTYPES, QUANTIZATIONS, SettingsError, models_dir, validate_name
 from .units import human_bytes, human_count
 
 MODELS_DIR_OPTION = click.option(
@@ -93,11 +93,11 @@ def check(model: str, revision: str | None, trust_remote_code: bool, as_json: bo
 @click.option("--name", help="Directory name under the models directory (default: org_name).")
 @MODELS_DIR_OPTION
 @click.option("--revision", help="Branch, tag or commit on the Hub.")
-@click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]), default="none", show_default=True,
+@click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none", show_default=True,
               help="Default quantization for train.sh/start.sh.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               show_default=True, help="Default dtype for start.sh.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Default device for train.sh/start.sh.")
 @click.option("--force", is_flag=True, help="Reinstall: fetch every file again (adapters are kept).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that run code from their repository.")

@@ -32,9 +32,6 @@ from .system import free_disk_bytes
 from .units import human_bytes
 
 DISK_MARGIN_BYTES = 256 * 1024**2
-QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 class InstallError(RuntimeError):

@@ -11,6 +11,10 @@ DEFAULT_MODELS_DIR = Path("~/LLM/models")
 MODELS_DIR_ENV = "LLM_MODELS_DIR"
 CONFIG_ENV = "LLM_INSTALLER_CONFIG"
 INSTALLER_HOME = Path(__file__).resolve().parent.parent
+# Install-time defaults that train.sh and start.sh honour (and start.sh's flags accept).
+QUANTIZATIONS = ("none", "8bit", "4bit")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class SettingsError(ValueError):

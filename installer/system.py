@@ -56,6 +56,17 @@ def machine_info(probe_torch: bool = True) -> MachineInfo:
     return info
 
 
+def resolve_device(requested: str) -> str:
+    """The device to run on: 'auto' picks cuda > mps > cpu; ValueError when CUDA is asked for but absent."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU.")
+    return requested
+
+
 def free_disk_bytes(path: Path) -> int:
     """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
     probe = Path(path)

@@ -32,7 +32,7 @@ def load_engine(cfg: ServeConfig, adapter: AdapterInfo | None):
 
     model_path = Path(cfg.model_dir) / "model"
     return ModelEngine.load(model_path, adapter, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
-                            cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info().get(
+                            cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info.get(
                                 "trust_remote_code")), fallback_template=_fallback_template(model_path),
                             max_concurrency=cfg.max_concurrency)
 
@@ -45,7 +45,7 @@ def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:
         reason = "--no-lora given" if cfg.no_lora else f"no adapter in {model_dir / 'lora'}"
         log.info("Adapter: none (%s): serving the base model.", reason)
         return None
-    adapter = inspect_adapter(path, model_dir, cfg.model_info())
+    adapter = inspect_adapter(path, model_dir, cfg.model_info)
     log.info("Adapter: %s.", adapter.describe())
     return adapter
 
@@ -54,7 +54,7 @@ def build_state(cfg: ServeConfig, adapter: AdapterInfo | None):
     """The server's state before the model is loaded: its id, adapter card and security settings."""
     from .app import ServerState
 
-    details = {"source": cfg.model_info().get("source"), "adapter": None}
+    details = {"source": cfg.model_info.get("source"), "adapter": None}
     if adapter is not None:
         details["adapter"] = {"path": str(adapter.path), "rank": adapter.rank, "alpha": adapter.alpha,
                               "base_model": adapter.base_model, "target_modules": adapter.target_modules}
@@ -67,7 +67,7 @@ def _serve(cfg: ServeConfig, adapter: AdapterInfo | None) -> int:
 
     from .app import create_app
 
-    model_id, info = Path(cfg.model_dir).name, cfg.model_info()
+    model_id, info = Path(cfg.model_dir).name, cfg.model_info
     state = build_state(cfg, adapter)
     if not cfg.loopback:
         log.warning("Listening on %s: anyone who can reach this machine can use the model%s.", cfg.host,

@@ -4,17 +4,16 @@ model_info.json apply where a flag is not given."""
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
+
 ENGINES = ("transformers", "vllm")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-QUANTIZATIONS = ("none", "8bit", "4bit")
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ServeConfigError(ValueError):
@@ -74,7 +73,9 @@ class ServeConfig:
         except ValueError:
             return False
 
+    @functools.cached_property
     def model_info(self) -> dict:
+        """model_info.json of the installed model ({} when unreadable); read once."""
         try:
             return json.loads((Path(self.model_dir) / "model_info.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -82,7 +83,7 @@ class ServeConfig:
 
     def apply_install_defaults(self) -> ServeConfig:
         """Fill dtype/device/quantization from model_info.json where no flag was given."""
-        defaults = self.model_info().get("defaults", {})
+        defaults = self.model_info.get("defaults", {})
         self.dtype = self.dtype or defaults.get("dtype") or "auto"
         self.device = self.device or defaults.get("device") or "auto"
         self.quantization = self.quantization or defaults.get("quantization") or "none"

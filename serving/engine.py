@@ -40,13 +40,15 @@ class Generation:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-def _placement(device: str, dtype: str, quantization: str, cpu_offload: bool):
+def _placement(device: str, dtype: str, quantization: str):
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LoadError("--device cuda was asked for but torch sees no CUDA GPU.")
+    from installer.system import resolve_device
+
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from exc
     if quantization != "none" and device != "cuda":
         raise LoadError(f"--quantization {quantization} needs a CUDA GPU (bitsandbytes); this machine serves on the "
                         f"{device.upper()}.")
@@ -79,7 +81,7 @@ class ModelEngine:
         """Load weights (quantized/offloaded as asked), then the adapter and its chat template."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device, torch_dtype = _placement(device, dtype, quantization, cpu_offload)
+        device, torch_dtype = _placement(device, dtype, quantization)
         if device == "cpu" and max_concurrency > 1:
             log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
                         "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",

@@ -23,7 +23,7 @@ def vllm_command(cfg: ServeConfig, adapter: AdapterInfo | None, executable: str 
         command += ["--quantization", "bitsandbytes"]
     if cfg.cpu_offload:
         command += ["--cpu-offload-gb", "8"]
-    if cfg.model_info().get("trust_remote_code"):
+    if cfg.model_info.get("trust_remote_code"):
         command.append("--trust-remote-code")
     if adapter is not None:
         command += ["--enable-lora", "--lora-modules", f"{model_id}:lora={adapter.path}",

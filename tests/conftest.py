@@ -45,36 +45,34 @@ def builtin_model_dir(tmp_path_factory) -> Path:
     return result.model_dir.root
 
 
-@pytest.fixture
-def model_dir(builtin_model_dir, tmp_path) -> Path:
-    """A private copy of the installed built-in model, with train.sh/start.sh rendered for its new path."""
+def copy_installed(source: Path, target: Path) -> Path:
+    """A private copy of an installed model directory, with train.sh/start.sh rendered for its new path."""
     import json
     import shutil
 
     from installer.model_dir import ModelDir
     from installer.render import render_wrappers
 
-    target = tmp_path / "m"
-    shutil.copytree(builtin_model_dir, target, symlinks=True)
+    shutil.copytree(source, target, symlinks=True)
     render_wrappers(ModelDir(target), json.loads((target / "model_info.json").read_text()))
     return target
+
+
+@pytest.fixture
+def model_dir(builtin_model_dir, tmp_path) -> Path:
+    """A private copy of the installed built-in model."""
+    return copy_installed(builtin_model_dir, tmp_path / "m")
 
 
 @pytest.fixture(scope="session")
 def tuned_model_dir(builtin_model_dir, tmp_path_factory) -> Path:
     """The built-in model with ./lora trained (circular) on tests/facts.py, shared by the serving tests."""
     import json
-    import shutil
     import subprocess
 
     from facts import FACTS
 
-    from installer.model_dir import ModelDir
-    from installer.render import render_wrappers
-
-    target = tmp_path_factory.mktemp("tuned") / "tuned-model"
-    shutil.copytree(builtin_model_dir, target, symlinks=True)
-    render_wrappers(ModelDir(target), json.loads((target / "model_info.json").read_text()))
+    target = copy_installed(builtin_model_dir, tmp_path_factory.mktemp("tuned") / "tuned-model")
     data = target / "facts.json"
     data.write_text(json.dumps(FACTS))
     result = subprocess.run([str(target / "train.sh"), "--data", str(data), "--circular", "--no-tensorboard",

@@ -105,7 +105,7 @@ def test_vllm_command_passes_the_adapter_and_its_rank(tuned_model_dir):
     from serving.vllm import vllm_command
 
     cfg = ServeConfig(model_dir=tuned_model_dir, port=9000, api_key="k").apply_install_defaults()
-    adapter = inspect_adapter(tuned_model_dir / "lora", tuned_model_dir, cfg.model_info())
+    adapter = inspect_adapter(tuned_model_dir / "lora", tuned_model_dir, cfg.model_info)
     command = vllm_command(cfg, adapter)
     assert command[:3] == ["vllm", "serve", str(tuned_model_dir / "model")]
     assert "--enable-lora" in command and command[command.index("--max-lora-rank") + 1] == "8"

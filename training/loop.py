@@ -240,7 +240,7 @@ class Trainer:
                     train_loss = window_loss / max(1, window_tokens)
                     window_loss, window_tokens = 0.0, 0
                     self.state.elapsed = time.monotonic() - started
-                    self._evaluation(train_loss, last_of_epoch)
+                    self._evaluation(train_loss)
                 if stop.requested and self.stop_reason is None:
                     self.stop_reason = f"interrupted by {stop.requested}"
                 if self.stop_reason:
@@ -292,7 +292,7 @@ class Trainer:
             self.writer.add_scalar("train/learning_rate", lr, self.state.step)
             self.writer.add_scalar("train/tokens_seen", self.state.tokens, self.state.step)
 
-    def _evaluation(self, train_loss: float, end_of_epoch: bool) -> None:
+    def _evaluation(self, train_loss: float) -> None:
         val_loss = self.evaluate()
         self.state.evals += 1
         is_best, reason = self.monitor.update(self.state.step, train_loss, val_loss)

@@ -10,7 +10,6 @@ from handlers import ModelHandler
 from handlers.generic import discover_linear_targets
 
 log = logging.getLogger("train")
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 class ModelLoadError(RuntimeError):
@@ -29,12 +28,12 @@ def choose_placement(requested: str, handler: ModelHandler) -> Placement:
     """The device (cuda > mps > cpu unless given) and the handler's precision for it."""
     import torch
 
-    if requested == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    else:
-        device = requested
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError("--device cuda was asked for but torch sees no CUDA GPU.")
+    from installer.system import resolve_device
+
+    try:
+        device = resolve_device(requested)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
     precision = handler.precision_for(device)
     if precision == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
         precision = "float16"
