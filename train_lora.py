@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, train, and turn user mistakes into one clear line and a non-zero status."""
+    from installer.errors import UserError
     from training.config import ConfigError, parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -30,13 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    from training.data_sources import DataError
-    from training.modeling import ModelLoadError
     from training.run import run
 
     try:
         return run(config)
-    except (DataError, ModelLoadError, RuntimeError, OSError) as exc:
+    except UserError as exc:
         if os.environ.get("LLM_INSTALLER_DEBUG"):
             raise
         print(f"Error: {exc}", file=sys.stderr)

@@ -25,12 +25,9 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 def _user_errors():
     """Exceptions that are the user's to fix: shown as one sentence, exit status 1."""
-    from .fetch import FetchError
-    from .hub_errors import HubError
-    from .install import InstallError
-    from .sources import SourceError
+    from .errors import UserError
 
-    return (SettingsError, SourceError, HubError, InstallError, FetchError)
+    return UserError
 
 
 def _root(option: Path | None) -> Path:

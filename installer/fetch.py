@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
 from .hub_errors import hub_errors, hub_kwargs
 from .model_dir import is_weight_file
 from .selection import Selection
@@ -16,7 +17,7 @@ from .sources import ModelMetadata, RepoFile
 HASH_CHUNK = 8 * 1024 * 1024
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """Files could not be fetched or failed verification."""
 
 

@@ -11,11 +11,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from .errors import UserError
 from .model_dir import ModelDir
 from .render import render_wrappers
 
 
-class FixError(RuntimeError):
+class FixError(UserError, RuntimeError):
     """Something `fix` cannot repair by itself; the message says what to do."""
 
 

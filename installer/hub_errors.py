@@ -6,10 +6,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from .errors import UserError
+
 OFFLINE_VALUES = {"1", "true", "yes", "on"}
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A Hub failure explained in one sentence."""
 
 

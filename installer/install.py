@@ -14,6 +14,7 @@ from pathlib import Path
 from handlers import ModelHandler, handler_for_config
 
 from . import __version__
+from .errors import UserError
 from .estimate import native_dtype, parameter_count
 from .fetch import (
     build_builtin,
@@ -34,7 +35,7 @@ from .units import human_bytes
 DISK_MARGIN_BYTES = 256 * 1024**2
 
 
-class InstallError(RuntimeError):
+class InstallError(UserError, RuntimeError):
     """The install cannot go on; the message is for the user."""
 
 

@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UserError
+
 DEFAULT_MODELS_DIR = Path("~/LLM/models")
 MODELS_DIR_ENV = "LLM_MODELS_DIR"
 CONFIG_ENV = "LLM_INSTALLER_CONFIG"
@@ -17,7 +19,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A config file or directory name the user must fix."""
 
 

@@ -7,12 +7,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
 from .hub_errors import hub_errors, hub_kwargs
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The model source cannot be used; the message says why in one sentence."""
 
 

@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from installer.errors import UserError
 
-class AdapterError(ValueError):
+
+class AdapterError(UserError, ValueError):
     """The adapter cannot be served; the message says why."""
 
 

@@ -10,7 +10,9 @@ import threading
 import warnings
 from pathlib import Path
 
-from .adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
+from installer.errors import UserError
+
+from .adapter import AdapterInfo, choose_adapter, inspect_adapter
 from .config import ServeConfig, ServeConfigError, parse_config
 
 log = logging.getLogger("serve")
@@ -110,13 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return chat_loop(load_engine(cfg, adapter), sys.stdin, sys.stdout, cfg.temperature)
         return _serve(cfg, adapter)
-    except (ServeConfigError, AdapterError) as exc:
+    except UserError as exc:
+        if os.environ.get("LLM_INSTALLER_DEBUG"):
+            raise
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        from .engine import LoadError
-
-        if isinstance(exc, LoadError) and not os.environ.get("LLM_INSTALLER_DEBUG"):
-            print(f"Error: {exc}", file=sys.stderr)
-            return 1
-        raise

@@ -11,12 +11,13 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from installer.errors import UserError
 from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
 
 ENGINES = ("transformers", "vllm")
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(UserError, ValueError):
     """A flag value the user must fix."""
 
 

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from installer.errors import UserError
+
 from .adapter import AdapterInfo
 
 log = logging.getLogger("serve")
 
 
-class LoadError(RuntimeError):
+class LoadError(UserError, RuntimeError):
     """The model cannot be loaded as asked; the message says why."""
 
 

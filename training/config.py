@@ -11,6 +11,8 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from installer.errors import UserError
+
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
@@ -38,7 +40,7 @@ MODE_PRESETS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A flag value the user must fix."""
 
 

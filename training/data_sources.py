@@ -10,12 +10,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from installer.errors import UserError
+
 from .config import FORMATS
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data: the message names the file and record."""
 
 

@@ -99,7 +99,9 @@ def make_optimizer(name: str, parameters, lr: float):
     try:
         import bitsandbytes as bnb
     except Exception as exc:
-        raise RuntimeError(f"--optimizer {name} needs a working bitsandbytes: {exc}") from exc
+        from .modeling import ModelLoadError
+
+        raise ModelLoadError(f"--optimizer {name} needs a working bitsandbytes: {exc}") from exc
     if name == "adamw_bnb_8bit":
         return bnb.optim.AdamW8bit(parameters, lr=lr)
     return bnb.optim.PagedAdamW8bit(parameters, lr=lr)

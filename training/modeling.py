@@ -8,11 +8,12 @@ from pathlib import Path
 
 from handlers import ModelHandler
 from handlers.generic import discover_linear_targets
+from installer.errors import UserError
 
 log = logging.getLogger("train")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The model cannot be trained as asked; the message says why."""
 
 
