@@ -1,7 +1,9 @@
 """Rendering train.sh, start.sh and the train_lora.py launcher from templates/.
 
-Every value lands in the script through the `sh` filter (shell-quoted) and a missing
-variable is an error, so a path with spaces, quotes or `$` is safe.
+Rendered values are never executed: every `{{ }}` in a template must end in one of the filters
+below, each escaping for the place its value lands (shell word, shell comment, Python string
+literal, Python docstring text), and rendering refuses a template that prints a value unescaped.
+A missing variable is an error too.
 """
 
 from __future__ import annotations
@@ -18,19 +20,86 @@ from .settings import INSTALLER_HOME
 
 TEMPLATES_DIR = INSTALLER_HOME / "templates"
 WRAPPERS = {"train.sh": "train.sh.j2", "start.sh": "start.sh.j2", "train_lora.py": "train_lora.py.j2"}
+# os.fsdecode maps the bytes of a path that are not UTF-8 to these lone surrogates (surrogateescape).
+_UNDECODABLE_BYTES = range(0xDC80, 0xDD00)
 
 
-def _environment():
+class _Escaped(str):
+    """A value a filter has escaped for its place in a template."""
+
+
+def _text(value) -> str:
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if "\0" in text:
+        # No path, id or setting can hold NUL, and no quoting can carry it into a shell word.
+        raise ValueError(f"A rendered value contains a NUL character: {text!r}")
+    return text
+
+
+def _escaped_char(char: str) -> str:
+    """Python's backslash escape of one non-printable character (valid in Python literals, readable in comments)."""
+    return ascii(char)[1:-1]
+
+
+def _bash_char(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    if ord(char) in _UNDECODABLE_BYTES:
+        return f"\\x{ord(char) - 0xDC00:02x}"  # the original byte, so the shell sees the real path
+    return "".join(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def shell_quote(value) -> str:
+    """`value` as one shell word on one line: shlex quoting, or bash's $'...' when it holds control
+    characters (a newline, a tab) or bytes that are not UTF-8. Also for paths printed as commands to type."""
+    text = _text(value)
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + "".join(_bash_char(char) for char in text) + "'"
+
+
+def python_literal(value) -> str:
+    """`value` as a Python string literal (repr escapes quotes, backslashes and every non-printable character)."""
+    return repr(_text(value))
+
+
+def docstring_text(value) -> str:
+    """`value` for the inside of a Python \"\"\"docstring\"\"\": no quote or backslash left that could end or bend it."""
+    return "".join("\\" + char if char in '\\"' else char if char.isprintable() else _escaped_char(char)
+                   for char in _text(value))
+
+
+def comment_text(value) -> str:
+    """`value` for a shell or Python comment: one line, every control or line-separator character escaped.
+
+    Not for Python lines 1-2, where a comment may declare the source encoding."""
+    return "".join(char if char.isprintable() else _escaped_char(char) for char in _text(value))
+
+
+FILTERS = {"sh": shell_quote, "py": python_literal, "docstring": docstring_text, "comment": comment_text}
+
+
+def _require_escaped(value):
+    if not isinstance(value, _Escaped):
+        raise RuntimeError(f"A template prints {value!r} without escaping it; end the expression with one of the "
+                           f"filters {', '.join(FILTERS)}.")
+    return value
+
+
+def _environment(loader=None):
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=loader or jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=_require_escaped,
     )
-    env.filters["sh"] = lambda value: shlex.quote(str(value))
-    env.filters["py"] = lambda value: repr(str(value))
+    for name, escape in FILTERS.items():
+        env.filters[name] = lambda value, escape=escape: _Escaped(escape(value))
     return env
 
 
@@ -51,18 +120,22 @@ def template_variables(model_dir: ModelDir, info: dict) -> dict:
     }
 
 
-def render_wrappers(model_dir: ModelDir, info: dict) -> list[Path]:
-    """Write the executable wrappers into the model directory; returns their paths."""
+def render_text(template_name: str, variables: dict, loader=None) -> str:
+    """One template rendered with `variables`; RuntimeError when the template itself is wrong."""
     import jinja2
 
-    env = _environment()
+    try:
+        return _environment(loader).get_template(template_name).render(**variables)
+    except jinja2.UndefinedError as exc:
+        raise RuntimeError(f"Template {template_name} uses an undefined variable: {exc.message}") from exc
+
+
+def render_wrappers(model_dir: ModelDir, info: dict) -> list[Path]:
+    """Write the executable wrappers into the model directory; returns their paths."""
     variables = template_variables(model_dir, info)
     written = []
     for output_name, template_name in WRAPPERS.items():
-        try:
-            text = env.get_template(template_name).render(**variables)
-        except jinja2.UndefinedError as exc:
-            raise RuntimeError(f"Template {template_name} uses an undefined variable: {exc.message}") from exc
+        text = render_text(template_name, variables)
         target = model_dir.root / output_name
         tmp = target.with_name(f".{output_name}.tmp")
         tmp.write_text(text, encoding="utf-8")
