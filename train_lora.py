@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import ConfigError, parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for noisy in ("httpx", "transformers", "peft", "datasets", "urllib3", "bitsandbytes"):
+    for noisy in ("httpx", "transformers", "peft", "datasets", "urllib3", "bitsandbytes", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # peft still calls a transformers property renamed in v5; the warning is not the user's business.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -31,18 +31,45 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    from training.run import run
+    from training.launch import in_worker, is_main_process
 
+    if not is_main_process():
+        logging.getLogger().setLevel(logging.WARNING)  # one log: the main process's
     try:
+        if not in_worker() and config.tensorboard_only is None:
+            processes = _processes(config)
+            if processes > 1:
+                return _launch(config, processes, sys.argv[1:] if argv is None else argv)
+        from training.run import run
+
         return run(config)
     except UserError as exc:
         if os.environ.get("LLM_INSTALLER_DEBUG"):
             raise
-        print(f"Error: {exc}", file=sys.stderr)
+        if is_main_process():
+            print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Aborted.", file=sys.stderr)
         return 130
+
+
+def _processes(config) -> int:
+    from training.launch import resolve_processes
+
+    return resolve_processes(config.num_processes, config.device)
+
+
+def _launch(config, processes: int, argv: list[str]) -> int:
+    """Hold the model directory's lock and run `processes` workers of this script."""
+    from training.guards import HELD_ENV, RunLock
+    from training.launch import launch_workers
+
+    _model_path, _output, workdir = config.resolved_paths()
+    with RunLock(workdir):
+        os.environ[HELD_ENV] = "1"
+        print(f"Launching {processes} training processes ({config.strategy}).", flush=True)
+        return launch_workers(processes, argv, str(Path(__file__).resolve()))
 
 
 if __name__ == "__main__":

@@ -39,18 +39,29 @@ class Monitor:
     bad_evals: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def update(self, step: int, train_loss: float, val_loss: float) -> tuple[bool, str | None]:
-        """(is_best, stop_reason or None) after one evaluation."""
-        improved = val_loss < self.best_val - MIN_IMPROVEMENT
+    def update(self, step: int, train_loss: float, val_loss: float | None) -> tuple[bool, str | None]:
+        """(is_best, stop_reason or None) after one evaluation.
+
+        Without validation data (`val_loss` None) the running training loss is watched instead: perfect
+        loss and patience apply, the train/validation gap cannot.
+        """
+        monitored = train_loss if val_loss is None else val_loss
+        improved = monitored < self.best_val - MIN_IMPROVEMENT
         if improved:
-            self.best_val, self.best_step, self.bad_evals = val_loss, step, 0
+            self.best_val, self.best_step, self.bad_evals = monitored, step, 0
         else:
             self.bad_evals += 1
-        self.history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss})
+        self.history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss, "monitored": monitored})
         return improved, (self._stop_reason(train_loss, val_loss) if self.enabled else None)
 
-    def _stop_reason(self, train_loss: float, val_loss: float) -> str | None:
+    def _stop_reason(self, train_loss: float, val_loss: float | None) -> str | None:
         rules = self.rules
+        if val_loss is None:
+            if train_loss <= rules.perfect_loss:
+                return f"perfect loss reached (training loss {train_loss:.4f} <= {rules.perfect_loss})"
+            if self.bad_evals >= rules.patience:
+                return f"training loss did not improve for {self.bad_evals} checks (patience {rules.patience})"
+            return None
         if train_loss <= rules.perfect_loss and val_loss <= max(rules.perfect_loss, self.best_val):
             return f"perfect loss reached (training loss {train_loss:.4f} <= {rules.perfect_loss})"
         # An explosion is a rise past the limit from below it; a model that starts above it has not exploded.
@@ -66,7 +77,7 @@ class Monitor:
         return None
 
     def _rising(self) -> bool:
-        recent = [h["val_loss"] for h in self.history[-3:]]
+        recent = [h.get("monitored", h["val_loss"]) for h in self.history[-3:]]
         return len(recent) >= 2 and all(b >= a for a, b in zip(recent, recent[1:], strict=False))
 
     def state(self) -> dict:

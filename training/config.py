@@ -13,6 +13,8 @@ from pathlib import Path
 
 from installer.errors import UserError
 
+from .launch import STRATEGIES
+
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
@@ -71,8 +73,20 @@ class TrainConfig:
     epochs: float | None = _opt("Epochs (default from the mode).", None)
     learning_rate: float | None = _opt("Learning rate (default 2e-4, or 3e-3 for models under 50M parameters, "
                                        "times the mode's multiplier).", None)
-    batch_size: int | None = _opt("Packed sequences per step (default: from memory and sequence length).", None)
-    gradient_accumulation_steps: int = _opt("Steps to accumulate before each optimizer update.", 1)
+    batch_size: int | None = _opt("Examples per micro-batch and process; an optimizer step trains on batch size x "
+                                  "accumulation x processes examples, packed without padding (default: from the "
+                                  "dataset size, for about 32 steps per epoch, and memory).", None)
+    gradient_accumulation_steps: int | None = _opt("Micro-batches accumulated into each optimizer step (default: 1 "
+                                                   "with --batch-size, else what memory needs).", None)
+    num_processes: int | None = _opt("Training processes (default: every visible GPU when there are several, else 1; "
+                                     "with --device cpu, N processes over gloo).", None)
+    strategy: str = _opt("Multi-process engine: ddp (each GPU holds the model), fsdp (shards it across GPUs), "
+                         "deepspeed (ZeRO, see --zero-stage).", "ddp", choices=STRATEGIES)
+    zero_stage: int | None = _opt("DeepSpeed ZeRO stage for --strategy deepspeed: 2 (optimizer and gradients "
+                                  "sharded, default) or 3 (parameters too).", None, choices=(2, 3))
+    gradient_checkpointing: str = _opt("Recompute activations in the backward pass to save memory: auto (on for "
+                                       "QLoRA/8-bit and when one row would not fit), on, off.", "auto",
+                                       choices=("auto", "on", "off"))
     max_seq_length: int | None = _opt("Longest sequence in tokens; longer examples are truncated "
                                       "(default: handler limit, model limit and data).", None)
     lora_r: int | None = _opt("LoRA rank (default: from model size via the handler).", None)
@@ -116,7 +130,22 @@ class TrainConfig:
             (self.epochs is not None and self.epochs <= 0, "--epochs must be positive."),
             (self.learning_rate is not None and self.learning_rate <= 0, "--learning-rate must be positive."),
             (self.batch_size is not None and self.batch_size < 1, "--batch-size must be at least 1."),
-            (self.gradient_accumulation_steps < 1, "--gradient-accumulation-steps must be at least 1."),
+            (self.gradient_accumulation_steps is not None and self.gradient_accumulation_steps < 1,
+             "--gradient-accumulation-steps must be at least 1."),
+            (self.num_processes is not None and self.num_processes < 1, "--num-processes must be at least 1."),
+            (self.zero_stage is not None and self.strategy != "deepspeed",
+             "--zero-stage is a DeepSpeed setting: add --strategy deepspeed, or leave it out."),
+            (not 0 <= self.lora_dropout < 1, "--lora-dropout must be at least 0 and below 1."),
+            (self.lora_alpha is not None and self.lora_alpha <= 0, "--lora-alpha must be positive (default: 2 x rank)."),
+            (not 1 <= self.tensorboard_port <= 65535, "--tensorboard-port must be between 1 and 65535."),
+            (self.tensorboard_only is not None and not 1 <= self.tensorboard_only <= 65535,
+             "--tensorboard-only PORT must be between 1 and 65535."),
+            (self.save_total_limit < 1, "--save-total-limit must be at least 1."),
+            (self.mode == "non-stop" and self.circular,
+             "--circular and --mode non-stop contradict each other: circular stops after --max-circular-epochs "
+             "cycles, non-stop runs until interrupted; choose one."),
+            (self.mode == "non-stop" and self.epochs is not None,
+             "--mode non-stop has no epoch limit, so --epochs contradicts it; drop one of them."),
             (self.max_seq_length is not None and self.max_seq_length < 8, "--max-seq-length must be at least 8."),
             (self.lora_r is not None and self.lora_r < 1, "--lora-r must be at least 1."),
             (self.max_circular_epochs < 1, "--max-circular-epochs must be at least 1."),

@@ -3,22 +3,17 @@ into records (dicts) tagged with where they came from."""
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from installer.errors import UserError
-
 from .config import FORMATS
+from .data_files import DataError, open_regular, read_delimited, read_json, read_json_lines, read_text, sha256
+
+__all__ = ["DataError", "SourceRecords", "load_sources", "read_file"]
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet")
-
-
-class DataError(UserError, ValueError):
-    """Bad data: the message names the file and record."""
 
 
 @dataclass
@@ -32,82 +27,27 @@ class SourceRecords:
     text_lines: bool = False
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: not UTF-8 text (bad byte at line {line}); re-save the file as UTF-8.") from exc
-
-
-def _read_json(path: Path) -> list[dict]:
-    text = _decode(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # JSON Lines saved as .json: one object per line
-            return _parse_jsonl(path, text)
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from exc
-    if isinstance(data, dict):
-        lists = [value for value in data.values() if isinstance(value, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: a JSON object must wrap exactly one list of examples.")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of examples.")
-    return data
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return _parse_jsonl(path, _decode(path))
-
-
-def _parse_jsonl(path: Path, text: str) -> list[dict]:
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: malformed JSON on line {number}: {exc.msg}.") from exc
-    return records
-
-
-def _read_delimited(path: Path, delimiter: str) -> list[dict]:
-    reader = csv.DictReader(_decode(path).splitlines(), delimiter=delimiter)
-    if not reader.fieldnames:
-        return []
-    return [dict(row) for row in reader]
-
-
 def _read_parquet(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read Parquet: {exc}.") from exc
+    with open_regular(path) as handle:
+        try:
+            return pq.read_table(handle).to_pylist()
+        except Exception as exc:  # pyarrow's errors share no base class; each says what is wrong with the file
+            raise DataError(f"{path}: cannot read Parquet: {exc}.") from exc
 
 
 def read_file(path: Path, forced_format: str | None = None) -> SourceRecords:
     """Records of one data file."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        records = [{"text": line} for line in _decode(path).splitlines() if line.strip()]
+        records = read_text(path)
     elif suffix == ".json":
-        records = _read_json(path)
+        records = read_json(path)
     elif suffix == ".jsonl":
-        records = _read_jsonl(path)
+        records = read_json_lines(path)
     elif suffix in (".csv", ".tsv"):
-        records = _read_delimited(path, "," if suffix == ".csv" else "\t")
+        records = read_delimited(path, "," if suffix == ".csv" else "\t")
     elif suffix == ".parquet":
         records = _read_parquet(path)
     else:
@@ -115,7 +55,7 @@ def read_file(path: Path, forced_format: str | None = None) -> SourceRecords:
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise DataError(f"{path}: record {number} is a {type(record).__name__}, expected an object.")
-    return SourceRecords(str(path), records, forced_format, _sha256(path), text_lines=suffix == ".txt")
+    return SourceRecords(str(path), records, forced_format, sha256(path), text_lines=suffix == ".txt")
 
 
 def _is_saved_dataset(path: Path) -> bool:

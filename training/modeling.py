@@ -70,8 +70,8 @@ def _quantization_config(method: str, use_8bit: bool, placement: Placement, hand
 
 
 def load_base_model(model_path: Path, placement: Placement, handler: ModelHandler, method: str, use_8bit: bool,
-                    trust_remote_code: bool = False):
-    """The frozen base model on its device (quantized for QLoRA / 8-bit)."""
+                    trust_remote_code: bool = False, device=None):
+    """The frozen base model on `device` (this process's, default the placement's), quantized for QLoRA / 8-bit."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -80,10 +80,11 @@ def load_base_model(model_path: Path, placement: Placement, handler: ModelHandle
     dtype = torch.float32 if placement.device != "cuda" else getattr(torch, placement.precision)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if quantization is not None:
-        kwargs.update(quantization_config=quantization, device_map={"": 0})
+        index = getattr(device, "index", None) or 0
+        kwargs.update(quantization_config=quantization, device_map={"": index})
     model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
     if quantization is None:
-        model.to(placement.device)
+        model.to(device if device is not None else placement.device)
     model.config.use_cache = False
     return model
 
@@ -110,7 +111,11 @@ def wrap_with_lora(model, targets, rank: int, alpha: int, dropout: float, quanti
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
                         task_type="CAUSAL_LM")
     model = get_peft_model(model, config)

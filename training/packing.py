@@ -1,4 +1,4 @@
-"""Packing tokenized examples into full rows with no cross-example attention.
+"""Packing tokenized examples into rows with no cross-example attention, and collating rows.
 
 Each row concatenates examples; position ids restart at 0 for every example, and the
 model derives a block-diagonal causal mask from them (transformers' packed-sequence
@@ -7,7 +7,6 @@ support), so an example attends only to itself and no compute goes to padding.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from .tokenize import IGNORE_INDEX, Tokenized
@@ -26,35 +25,31 @@ class PackedRow:
         return len(self.input_ids)
 
 
-def pack(examples: list[Tokenized], row_length: int, seed: int) -> list[PackedRow]:
-    """First-fit-decreasing packing of examples (shuffled by seed) into rows of at most row_length tokens."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda i: -len(examples[i].input_ids))
-    rows: list[list[int]] = []
+def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
+    """First-fit-decreasing packing of `examples` into rows of at most `row_length` tokens (deterministic)."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    members: list[list[int]] = []
     space: list[int] = []
     for index in order:
         size = len(examples[index].input_ids)
-        for r, free in enumerate(space):
-            if size <= free:
-                rows[r].append(index)
-                space[r] -= size
-                break
-        else:
-            rows.append([index])
+        row = next((r for r, free in enumerate(space) if size <= free), None)
+        if row is None:
+            members.append([index])
             space.append(row_length - size)
-    random.Random(seed + 1).shuffle(rows)
-    packed = []
-    for members in rows:
-        ids, labels, positions = [], [], []
-        for index in members:
-            example = examples[index]
-            ids += example.input_ids
-            # The first token of each example has no prediction from the previous one.
-            labels += [IGNORE_INDEX] + example.labels[1:]
-            positions += list(range(len(example.input_ids)))
-        packed.append(PackedRow(ids, labels, positions))
-    return packed
+        else:
+            members[row].append(index)
+            space[row] -= size
+    return [_concatenate([examples[i] for i in row]) for row in members]
+
+
+def _concatenate(examples: list[Tokenized]) -> PackedRow:
+    ids, labels, positions = [], [], []
+    for example in examples:
+        ids += example.input_ids
+        # The first token of each example has no prediction from the previous one.
+        labels += [IGNORE_INDEX] + example.labels[1:]
+        positions += list(range(len(example.input_ids)))
+    return PackedRow(ids, labels, positions)
 
 
 def collate(rows: list[PackedRow], pad_id: int) -> dict:
@@ -77,5 +72,5 @@ def collate(rows: list[PackedRow], pad_id: int) -> dict:
 
 
 def useful_tokens(rows: list[PackedRow]) -> int:
-    """Loss-bearing tokens in these rows."""
+    """Loss-bearing tokens in these rows (the first token of each example predicts nothing)."""
     return sum(sum(1 for label in row.labels if label != IGNORE_INDEX) for row in rows)

@@ -3,6 +3,7 @@ from the base model and the tuned one."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 SAMPLE_TOKENS = 48
@@ -49,8 +50,8 @@ def sample_answers(model, tokenizer, adapter_dir: Path, examples, held_out: bool
     return {"prompt": shown, "base": base, "tuned": tuned, "held_out": held_out}
 
 
-def final_report(info: dict, samples: dict | None) -> str:
-    """A short human-readable summary."""
+def final_report(info: dict, samples: dict | None, model_dir: Path | None = None) -> str:
+    """A short human-readable summary, ending with what to run next."""
     metrics = info["metrics"]
     lines = ["", "=" * 60, "Training report", "=" * 60, f"Stop reason:      {info['stop_reason']}",
              f"Adapter kept:     {info['adapter']}"]
@@ -59,13 +60,21 @@ def final_report(info: dict, samples: dict | None) -> str:
                      " best")
         lines.append(f"Perplexity:       {metrics['baseline_perplexity']:.2f} before -> "
                      f"{metrics['best_perplexity']:.2f} best")
-    lines.append(f"Steps:            {metrics['steps']} ({metrics['evaluations']} evaluations, "
-                 f"{info['timings']['seconds']:.1f}s)")
+    elif metrics.get("first_train_loss") is not None and metrics.get("best_train_loss") is not None:
+        lines.append(f"Training loss:    {metrics['first_train_loss']:.4f} first step -> "
+                     f"{metrics['best_train_loss']:.4f} best (no validation set)")
+    processes = info.get("distributed", {}).get("processes", 1)
+    lines.append(f"Steps:            {metrics['steps']} optimizer steps ({metrics['evaluations']} evaluations, "
+                 f"{info['timings']['seconds']:.1f}s{f', {processes} processes' if processes > 1 else ''})")
     for change in info.get("adaptive_changes", []):
         lines.append(f"Adaptive change:  {change}")
     if samples:
         label = "held-out prompt" if samples["held_out"] else "training prompt"
         lines += [f"Sample ({label}): {samples['prompt'][:200]}", f"  base model:  {samples['base'][:300]!r}",
                   f"  fine-tuned:  {samples['tuned'][:300]!r}"]
+    if model_dir is not None:
+        lines += ["Next:", "  ./start.sh                                   serve it (./lora is loaded)",
+                  f"  llm-installer export {shlex.quote(str(model_dir))} --format gguf",
+                  "      (or --format merged | ollama | lora-gguf: for transformers, llama.cpp, Ollama)"]
     lines.append("=" * 60)
     return "\n".join(lines)

@@ -9,9 +9,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpointing import is_complete, newest_complete, remove_stale_temporaries
 from .data_sources import DataError
+from .launch import is_main_process
 from .loop import Trainer
-from .outputs import STATE_FILE, adopt_run, numbered_checkpoints, set_aside_checkpoints
+from .outputs import adopt_run, set_aside_checkpoints
 
 log = logging.getLogger("train")
 
@@ -37,13 +39,16 @@ def data_fingerprint(sources) -> str:
 
 def find_checkpoint(resume: bool, resume_from: Path | None, checkpoints: Path) -> Path | None:
     """The checkpoint --resume / --resume-from name, checked; None for a fresh run."""
+    remove_stale_temporaries(checkpoints)
     if not resume and resume_from is None:
         return None
     if resume_from is None:
-        found = numbered_checkpoints(checkpoints)
-        if not found:
-            raise DataError(f"--resume: no checkpoint-N in {checkpoints}; start without --resume.")
-        path = found[-1]
+        path, skipped = newest_complete(checkpoints)
+        for incomplete in skipped:
+            log.warning("Skipping %s: it was not completely written (the run was killed while saving it).",
+                        incomplete.name)
+        if path is None:
+            raise DataError(f"--resume: no complete checkpoint-N in {checkpoints}; start without --resume.")
     else:
         path = Path(resume_from).expanduser()
         if not path.is_absolute() and not path.exists():
@@ -51,8 +56,9 @@ def find_checkpoint(resume: bool, resume_from: Path | None, checkpoints: Path) -
     path = path.resolve()
     if not path.is_dir():
         raise DataError(f"--resume-from: {path} does not exist; checkpoints are in {checkpoints}.")
-    if not (path / "adapter_model.safetensors").is_file() or not (path / STATE_FILE).is_file():
-        raise DataError(f"{path} is not a training checkpoint (adapter_model.safetensors or {STATE_FILE} missing).")
+    if not is_complete(path):
+        raise DataError(f"{path} is not a complete training checkpoint (its adapter or trainer state is missing or "
+                        "was cut off); --resume picks the newest complete one.")
     return path
 
 
@@ -81,8 +87,9 @@ def start_or_resume(trainer: Trainer, checkpoint: Path | None, checkpoints: Path
     Returns the checkpoint's path once its run is the current one.
     """
     if checkpoint is None:
-        if set_aside_checkpoints(checkpoints):
+        if is_main_process() and set_aside_checkpoints(checkpoints):
             log.info("Checkpoints of the previous run moved to %s.prev (resume it with --resume-from).", checkpoints)
+        trainer.accelerator.wait_for_everyone()
         return None
     trainer.load_checkpoint(checkpoint)
     if trainer.finished():
@@ -92,7 +99,11 @@ def start_or_resume(trainer: Trainer, checkpoint: Path | None, checkpoints: Path
     if trainer.resumed_fingerprint and trainer.resumed_fingerprint != trainer.plan.data_fingerprint:
         log.warning("%s was trained on different data than --data %s; continuing with the new data.",
                     checkpoint.name, data)
+    if not is_main_process():
+        trainer.accelerator.wait_for_everyone()
+        return checkpoint
     adopted = adopt_run(checkpoint, checkpoints.resolve())
+    trainer.accelerator.wait_for_everyone()
     if adopted != checkpoint:
         log.info("%s is from another run: its checkpoints are now in %s, the latest run's in %s.prev.",
                  checkpoint.name, checkpoints, checkpoints)

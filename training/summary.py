@@ -1,0 +1,62 @@
+"""adapter_info.json: what was trained, on what, how, and how it ended."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _perplexity(loss: float | None) -> float | None:
+    return math.exp(min(loss, 50)) if loss is not None else None
+
+
+def adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets, rules,
+                 reason, monitor, state, baseline, which, started, truncated, resumed: Path | None,
+                 validated: bool) -> dict:
+    """The record saved beside the adapter (and read by start.sh, export and the report)."""
+    best = monitor.best_val if math.isfinite(monitor.best_val) else None
+    best_val = best if validated else None
+    train_losses = [h["train_loss"] for h in state.history if "train_loss" in h and "val_loss" not in h]
+    workdir = plan.checkpoints.parent
+    return {
+        "base_model": info.get("source") or str(model_path),
+        "base_model_revision": info.get("revision"),
+        "base_model_path": str(model_path),
+        "data": [{"source": s.origin, "sha256": s.sha256, "records": len(s.records)} for s in sources],
+        "formats": formats,
+        "task_type": task,
+        "examples": len(examples),
+        "truncated_examples": truncated,
+        "mode": cfg.mode,
+        "circular": cfg.circular,
+        "force_epochs": cfg.force_epochs,
+        "distributed": {"processes": plan.processes, "strategy": plan.strategy if plan.processes > 1 else None},
+        "resumed_from": str(resumed.relative_to(workdir)) if resumed and resumed.is_relative_to(workdir)
+        else (str(resumed) if resumed else None),
+        "hyperparameters": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                            "lora_r": rank, "lora_alpha": alpha, "target_modules": targets,
+                            "learning_rate": plan.learning_rate, "examples_per_step": plan.examples_per_step,
+                            "gradient_accumulation_steps": plan.accumulation, "row_length": plan.row_length,
+                            "epochs": None if math.isinf(plan.epochs) else plan.epochs,
+                            "precision": plan.precision, "device": plan.device},
+        "autostop": asdict(rules) | {"enabled": monitor.enabled,
+                                     "watched": "validation loss" if validated else "training loss"},
+        "stop_reason": reason,
+        "adapter": which,
+        "metrics": {"baseline_val_loss": baseline, "best_val_loss": best_val, "best_step": monitor.best_step,
+                    "best_train_loss": None if validated else best,
+                    "first_train_loss": train_losses[0] if train_losses else None,
+                    "final_train_loss": train_losses[-1] if train_losses else None,
+                    "baseline_perplexity": _perplexity(baseline), "best_perplexity": _perplexity(best_val),
+                    "steps": state.step, "evaluations": state.evals, "tokens": state.tokens},
+        "adaptive_changes": state.changes,
+        "timings": {"seconds": round(time.monotonic() - started, 2), "finished_at": _now()},
+        "finished_at": _now(),
+    }
