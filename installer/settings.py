@@ -12,6 +12,7 @@ from .errors import UserError
 DEFAULT_MODELS_DIR = Path("~/LLM/models")
 MODELS_DIR_ENV = "LLM_MODELS_DIR"
 CONFIG_ENV = "LLM_INSTALLER_CONFIG"
+CACHE_ENV = "LLM_INSTALLER_CACHE"
 INSTALLER_HOME = Path(__file__).resolve().parent.parent
 # Install-time defaults that train.sh and start.sh honour (and start.sh's flags accept).
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -29,6 +30,13 @@ def config_path() -> Path:
         return Path(os.environ[CONFIG_ENV]).expanduser()
     base = Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser()
     return base / "llm-installer" / "config.json"
+
+
+def cache_dir() -> Path:
+    """Downloads kept between runs: $LLM_INSTALLER_CACHE, else $XDG_CACHE_HOME/llm-installer, else ~/.cache/llm-installer."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "llm-installer"
 
 
 def read_config() -> dict:
