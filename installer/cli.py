@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .export import FORMATS, OUTTYPES
 from .model_dir import ModelDir, installed_models
 from .settings import DEVICES, DTYPES, QUANTIZATIONS, SettingsError, models_dir, validate_name
 from .units import human_bytes, human_count
@@ -263,6 +264,55 @@ def doctor(models_dir: Path | None, as_json: bool) -> None:
             click.echo(f"[{finding.level:<4}] {finding.topic:<14} {finding.detail}")
     if any(f.level == "fail" for f in findings):
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="merged: safetensors directory; gguf: one GGUF file (llama.cpp's converter); lora-gguf: the "
+                   "adapter alone as a GGUF LoRA; ollama: GGUF + Modelfile.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where to write (default: TARGET/exports/...). An existing directory takes a GGUF file inside it.")
+@click.option("--outtype", type=click.Choice(OUTTYPES),
+              help="GGUF tensor type (default f16); for merged the safetensors dtype (default: the model's own).")
+@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path),
+              help="Adapter directory to export (default: TARGET/lora).")
+@click.option("--no-lora", is_flag=True, help="gguf/ollama: export the base model even when ./lora exists.")
+@click.option("--llama-cpp", type=click.Path(file_okay=False, path_type=Path),
+              help="Convert with this llama.cpp checkout (default: $LLM_INSTALLER_LLAMA_CPP, else the pinned release, "
+                   "fetched once).")
+@click.option("--create", metavar="NAME", help="ollama: also run `ollama create NAME` (needs ollama on PATH).")
+@MODELS_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON (progress goes to stderr).")
+def export(target: str, fmt: str, out: Path | None, outtype: str | None, adapter: Path | None, no_lora: bool,
+           llama_cpp: Path | None, create: str | None, models_dir: Path | None, as_json: bool) -> None:
+    """Export an installed model with its adapter: merged safetensors, GGUF, a LoRA GGUF or an Ollama model.
+
+    TARGET is an installed model's name or directory. See docs/export.md.
+
+    \b
+    Example (inside a model directory, after ./train.sh):
+      llm-installer export . --format gguf --outtype q8_0
+      llm-installer export . --format ollama --create my-model
+    """
+    from .export import export_model
+
+    path = Path(target).expanduser()
+    model = ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+    echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    try:
+        result = export_model(model.root, fmt, out=out, outtype=outtype, adapter=adapter, no_lora=no_lora,
+                              llama_cpp=llama_cpp, create=create, echo=echo)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: nothing was written.", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    click.echo(f"Exported {fmt} ({result.outtype}) to {result.path}: {human_bytes(result.total_bytes)} in "
+               f"{result.seconds:.1f}s.")
 
 
 def main() -> None:
