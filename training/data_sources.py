@@ -28,12 +28,13 @@ class SourceRecords:
 
 
 def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with open_regular(path) as handle:
         try:
             return pq.read_table(handle).to_pylist()
-        except Exception as exc:  # pyarrow's errors share no base class; each says what is wrong with the file
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read Parquet: {exc}.") from exc
 
 
@@ -65,25 +66,47 @@ def _is_saved_dataset(path: Path) -> bool:
 def _read_saved_dataset(path: Path) -> SourceRecords:
     from datasets import DatasetDict, load_from_disk
 
-    dataset = load_from_disk(str(path))
+    try:
+        dataset = load_from_disk(str(path))
+    except (OSError, ValueError, KeyError) as exc:  # a damaged folder: missing arrow files, bad state JSON
+        raise DataError(f"{path}: cannot read this saved dataset (datasets.save_to_disk folder): "
+                        f"{_root_cause(exc)}") from exc
     if isinstance(dataset, DatasetDict):
         split = "train" if "train" in dataset else next(iter(dataset))
         dataset = dataset[split]
     return SourceRecords(str(path), dataset.to_list())
 
 
-def _directory_files(directory: Path, forced_format: str | None) -> list[SourceRecords]:
+def _read_once(path: Path, forced_format: str | None, seen: set[str]) -> list[SourceRecords]:
+    """The file's records, or nothing when this --data value already read it (a glob through a symlink loop
+    matches one file many times)."""
+    key = os.path.realpath(path)
+    if key in seen:
+        return []
+    seen.add(key)
+    return [read_file(path, forced_format)]
+
+
+def _directory_files(directory: Path, forced_format: str | None, seen: set[str],
+                     ancestors: dict[tuple[int, int], Path] | None = None) -> list[SourceRecords]:
+    status = directory.stat()
+    identity = (status.st_dev, status.st_ino)
+    ancestors = ancestors or {}
+    if identity in ancestors:
+        raise DataError(f"{directory} leads back to {ancestors[identity]} (a directory symlink loop); remove the "
+                        "link or point --data below it.")
     if _is_saved_dataset(directory):
         return [_read_saved_dataset(directory)]
+    inner = {**ancestors, identity: directory}
     found = []
     for entry in sorted(directory.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             sub_format = entry.name.lower() if entry.name.lower() in FORMATS else forced_format
-            found += _directory_files(entry, sub_format)
-        elif entry.suffix.lower() in FILE_SUFFIXES:
-            found.append(read_file(entry, forced_format))
+            found += _directory_files(entry, sub_format, seen, inner)
+        elif entry.suffix.lower() in FILE_SUFFIXES:  # FIFOs, devices and sockets named *.json are refused there
+            found += _read_once(entry, forced_format, seen)
     return found
 
 
@@ -123,18 +146,19 @@ def load_sources(spec: str) -> list[SourceRecords]:
             matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
                 raise DataError(f"No files match '{part}'.")
+            seen: set[str] = set()
             for match in matches:
                 match_path = Path(match)
                 if match_path.is_dir():
-                    sources += _directory_files(match_path, None)
+                    sources += _directory_files(match_path, None, seen)
                 elif match_path.suffix.lower() in FILE_SUFFIXES:
-                    sources.append(read_file(match_path))
+                    sources += _read_once(match_path, None, seen)
         elif path.is_dir():
-            found = _directory_files(path, None)
+            found = _directory_files(path, None, set())
             if not found:
                 raise DataError(f"{path} holds no data files ({', '.join(FILE_SUFFIXES)}).")
             sources += found
-        elif path.is_file():
+        elif path.exists() or path.is_symlink():  # a FIFO, a device or a dangling link is refused by name there
             sources.append(read_file(path))
         elif _looks_like_hub_spec(part):
             sources.append(_hub_dataset(part))

@@ -181,6 +181,15 @@ def examples_from_source(source: SourceRecords, forced: str | None) -> list[Exam
     return [convert_record(record, fmt, source.origin, i) for i, record in enumerate(source.records)]
 
 
+def refuse_images(examples: list[Example], model: str) -> None:
+    """DataError naming the first image example's file and record when `model` (a text-only model) would get any."""
+    images = [e for e in examples if e.format == "vision"]
+    if images:
+        first = images[0]
+        raise DataError(f"{first.origin}, record {first.index + 1}: an image example ({len(images)} in the dataset), "
+                        f"but {model} is a text-only model; use a multimodal model or remove them.")
+
+
 def task_type(examples: list[Example]) -> str:
     """'text' when every example is plain text or completion, else 'qa' (instructions, chat, QA)."""
     return "text" if examples and all(e.format in TEXT_TASK_FORMATS for e in examples) else "qa"
