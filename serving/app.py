@@ -8,7 +8,6 @@ import binascii
 import hmac
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +15,11 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import ValidationError
 
-from .engine import Generation, GenerationParams, ModelEngine
-from .protocol import (
-    ApiError,
-    ChatRequest,
-    CompletionRequest,
-    chat_chunk,
-    chat_response,
-    completion_response,
-    new_id,
-    usage,
-)
+from .completions import Job, chat_completion, chat_events, text_completion, text_events
+from .engine import GenerationParams, ModelEngine
+from .protocol import ApiError, ChatRequest, CompletionRequest
+from .router import Router
+from .tools import marker_token_ids
 
 log = logging.getLogger("serve")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -39,14 +32,17 @@ LOCAL_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 class ServerState:
     """What the routes need: the engine once loaded (None while loading), or why loading failed."""
 
-    model_id: str
+    router: Router
     api_key: str | None = None
     loopback: bool = True
     max_body_bytes: int = 1_000_000
     engine: ModelEngine | None = None
     load_error: str | None = None
-    details: dict = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model_id(self) -> str:
+        return self.router.base.model_id
 
 
 def _error_response(error: ApiError, headers: dict | None = None):
@@ -81,7 +77,7 @@ def create_app(state: ServerState):
     """The ASGI app serving `state`."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="llm-installer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -125,8 +121,8 @@ def create_app(state: ServerState):
     @app.get("/health")
     async def health():
         if state.engine is not None:
-            return {"status": "ok", "model": state.model_id, "adapter": state.details.get("adapter"),
-                    "requests": dict(state.engine.stats)}
+            return {"status": "ok", "model": state.model_id, "default": state.router.default.model_id,
+                    "models": list(state.router.routes), "requests": dict(state.engine.stats)}
         status = "error" if state.load_error else "loading"
         return JSONResponse({"status": status, "message": state.load_error}, status_code=503)
 
@@ -136,59 +132,58 @@ def create_app(state: ServerState):
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": _model_cards(state)}
+        return {"object": "list", "data": state.router.cards(state.created)}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = _validated(ChatRequest, await _json_body(request, state))
+        route = state.router.resolve(body.model)
         engine = _ready(state)
         messages = [m.as_template_message() for m in body.messages]
         if not any(m["role"] == "user" for m in messages):
             raise ApiError(400, "messages needs at least one user message.", "messages", "no_user_message")
+        tools = body.active_tools
+        if tools and "tools" not in (engine.chat_template(route.key) or ""):
+            raise ApiError(400, f"The chat template of '{route.model_id}' has no tool support, so the model would "
+                                "never see the tools; send the request without tools.", "tools", "tools_unsupported")
         try:
-            prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools)
         except ValueError as exc:
             raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
         params = _params(body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
                          DEFAULT_CHAT_MAX_TOKENS, "messages")
-        rid, model = new_id("chatcmpl"), body.model or state.model_id
-        generation = Generation(prompt_tokens=len(prompt))
+        params.logprobs, params.top_logprobs = body.logprobs, body.top_logprobs or 0
+        names = None
+        if tools:
+            names = {tool["function"]["name"] for tool in tools}
+            params.keep_tokens = marker_token_ids(engine.tokenizer)
+        job = Job(engine, route.key, route.model_id, prompt, params, body.n, names, body.parallel_tool_calls,
+                  body.logprobs)
         if body.stream:
-            return StreamingResponse(_chat_events(engine, prompt, params, generation, rid, model, body.include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text = "".join([piece async for piece in _pieces(engine, prompt, params, generation)])
-        return chat_response(rid, model, text, generation.finish_reason or "stop", generation.prompt_tokens,
-                             generation.completion_tokens)
+            return _event_stream(chat_events(job, body.include_usage))
+        return await chat_completion(job, request)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = _validated(CompletionRequest, await _json_body(request, state))
+        route = state.router.resolve(body.model)
         engine = _ready(state)
         prompt = await asyncio.to_thread(engine.text_prompt, body.prompt)
         params = _params(body, engine, len(prompt), body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "prompt")
-        rid, model, created = new_id("cmpl"), body.model or state.model_id, int(time.time())
-        generation = Generation(prompt_tokens=len(prompt))
+        params.logprobs, params.top_logprobs = body.logprobs is not None, body.logprobs or 0
+        job = Job(engine, route.key, route.model_id, prompt, params, body.n)
+        echo = body.prompt if body.echo else None
         if body.stream:
-            return StreamingResponse(_completion_events(engine, prompt, params, generation, rid, model, created,
-                                                        body.include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text = "".join([piece async for piece in _pieces(engine, prompt, params, generation)])
-        return completion_response(rid, model, text, generation.finish_reason or "stop", created,
-                                   (generation.prompt_tokens, generation.completion_tokens))
+            return _event_stream(text_events(job, body.include_usage, echo))
+        return await text_completion(job, request, echo)
 
     return app
 
 
-def _model_cards(state: ServerState) -> list[dict]:
-    base = {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "llm-installer",
-            "root": state.details.get("source"), "parent": None, "adapter": state.details.get("adapter")}
-    cards = [base]
-    adapter = state.details.get("adapter")
-    if adapter:
-        cards.append({"id": f"{state.model_id}:lora", "object": "model", "created": state.created,
-                      "owned_by": "llm-installer", "root": adapter["path"], "parent": state.model_id,
-                      "adapter": adapter})
-    return cards
+def _event_stream(events):
+    from fastapi.responses import StreamingResponse
+
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _json_body(request, state: ServerState) -> dict:
@@ -201,8 +196,18 @@ async def _json_body(request, state: ServerState) -> dict:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from exc
+    except RecursionError as exc:  # '[' x 100000: deeper than any request needs
+        raise ApiError(400, "The request body is nested too deeply.", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    try:
+        # JSON may escape half a UTF-16 pair ("\ud800"), which no tokenizer can encode.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, "The request contains a lone UTF-16 surrogate (such as \\ud800), which is not text.",
+                       code="invalid_json") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "The request body is nested too deeply.", code="invalid_json") from exc
     return data
 
 
@@ -212,6 +217,9 @@ def _validated(model_class, data: dict):
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            raise ApiError(400, f"Unrecognized request argument supplied: {param}.", param,
+                           "unrecognized_argument") from exc
         message = first["msg"].removeprefix("Value error, ")
         raise ApiError(400, f"Invalid '{param}': {message}." if param else f"{message}.", param,
                        "invalid_value") from exc
@@ -224,7 +232,8 @@ def _ready(state: ServerState) -> ModelEngine:
     return state.engine
 
 
-def _params(body, engine: ModelEngine, prompt_tokens: int, asked: int | None, default: int, prompt_param: str):
+def _params(body, engine: ModelEngine, prompt_tokens: int, asked: int | None, default: int,
+            prompt_param: str) -> GenerationParams:
     room = engine.context_length - prompt_tokens
     if room < 1:
         raise ApiError(400, f"The prompt is {prompt_tokens} tokens; this model's context is "
@@ -232,92 +241,12 @@ def _params(body, engine: ModelEngine, prompt_tokens: int, asked: int | None, de
     if asked is not None and asked > room:
         raise ApiError(400, f"max_tokens {asked} plus the prompt's {prompt_tokens} tokens exceeds the model's "
                             f"context of {engine.context_length} tokens.", "max_tokens", "context_length_exceeded")
+    vocabulary = len(engine.tokenizer)
+    outside = [token for token in body.logit_bias if token >= vocabulary]
+    if outside:
+        raise ApiError(400, f"logit_bias names token {outside[0]}, but the vocabulary has {vocabulary} tokens.",
+                       "logit_bias", "invalid_value")
     return GenerationParams(max_tokens=asked or min(default, room), temperature=body.temperature, top_p=body.top_p,
-                            stop=body.stop, seed=body.seed, ignore_eos=body.ignore_eos)
-
-
-async def _pieces(engine: ModelEngine, prompt: list[int], params: GenerationParams, generation: Generation):
-    """Text pieces from the generation thread; leaving early (client gone) cancels the generation."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def send(item):
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            generation.cancel.set()
-
-    def produce():
-        try:
-            for piece in engine.stream(prompt, params, generation):
-                send(("text", piece))
-            send(("end", None))
-        except Exception as exc:
-            send(("error", exc))
-
-    threading.Thread(target=produce, name="request", daemon=True).start()
-    try:
-        while True:
-            kind, value = await queue.get()
-            # Pieces that piled up while the client was being written to go out as one chunk.
-            while kind == "text" and not queue.empty():
-                next_kind, next_value = queue.get_nowait()
-                if next_kind != "text":
-                    yield value
-                    kind, value = next_kind, next_value
-                    break
-                value += next_value
-            if kind == "end":
-                return
-            if kind == "error":
-                log.error("Generation failed: %s", value)
-                raise ApiError(500, f"Generation failed ({type(value).__name__}).", kind="server_error")
-            yield value
-    finally:
-        if generation.finish_reason is None:
-            generation.cancel.set()
-
-
-def _sse(data) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False) if not isinstance(data, str) else data}\n\n"
-
-
-async def _chat_events(engine, prompt, params, generation, rid, model, include_usage):
-    created = int(time.time())
-
-    def chunk(delta, finish=None):
-        body = chat_chunk(rid, model, created, delta, finish)
-        if include_usage:
-            body["usage"] = None
-        return _sse(body)
-
-    yield chunk({"role": "assistant", "content": ""})
-    try:
-        async for piece in _pieces(engine, prompt, params, generation):
-            yield chunk({"content": piece})
-    except ApiError as exc:
-        yield _sse(exc.body())
-        yield _sse("[DONE]")
-        return
-    yield chunk({}, generation.finish_reason or "stop")
-    if include_usage:
-        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [], "usage": usage(generation.prompt_tokens, generation.completion_tokens)})
-    yield _sse("[DONE]")
-
-
-async def _completion_events(engine, prompt, params, generation, rid, model, created, include_usage):
-    try:
-        async for piece in _pieces(engine, prompt, params, generation):
-            yield _sse(completion_response(rid, model, piece, None, created))
-    except ApiError as exc:
-        yield _sse(exc.body())
-        yield _sse("[DONE]")
-        return
-    yield _sse(completion_response(rid, model, "", generation.finish_reason or "stop", created))
-    if include_usage:
-        final = completion_response(rid, model, "", None, created, (generation.prompt_tokens,
-                                                                     generation.completion_tokens))
-        final["choices"] = []
-        yield _sse(final)
-    yield _sse("[DONE]")
+                            stop=body.stop, seed=body.seed, ignore_eos=body.ignore_eos,
+                            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                            logit_bias=body.logit_bias)

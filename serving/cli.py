@@ -12,8 +12,9 @@ from pathlib import Path
 
 from installer.errors import UserError
 
-from .adapter import AdapterInfo, choose_adapter, inspect_adapter
+from .adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
 from .config import ServeConfig, ServeConfigError, parse_config
+from .router import Router
 
 log = logging.getLogger("serve")
 
@@ -28,19 +29,20 @@ def _fallback_template(model_path: Path) -> str | None:
     return handler_for_config(config).chat_template_fallback
 
 
-def load_engine(cfg: ServeConfig, adapter: AdapterInfo | None):
-    """The ModelEngine for this configuration (blocking)."""
+def load_engine(cfg: ServeConfig, router: Router):
+    """The ModelEngine for this configuration with every adapter of `router` attached (blocking)."""
     from .engine import ModelEngine
 
     model_path = Path(cfg.model_dir) / "model"
-    return ModelEngine.load(model_path, adapter, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
+    adapters = {route.key: route.adapter for route in router.adapters}
+    return ModelEngine.load(model_path, adapters, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
                             cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info.get(
                                 "trust_remote_code")), fallback_template=_fallback_template(model_path),
                             max_concurrency=cfg.max_concurrency)
 
 
 def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:
-    """The adapter to serve, checked against the base model, and the decision logged in words."""
+    """The adapter served by default (./lora or --load-lora), checked against the base model, logged in words."""
     model_dir = Path(cfg.model_dir)
     path = choose_adapter(model_dir, cfg.no_lora, cfg.load_lora)
     if path is None:
@@ -52,32 +54,47 @@ def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:
     return adapter
 
 
-def build_state(cfg: ServeConfig, adapter: AdapterInfo | None):
-    """The server's state before the model is loaded: its id, adapter card and security settings."""
+def build_router(cfg: ServeConfig, adapter: AdapterInfo | None) -> Router:
+    """The ids this server answers to: the base model, NAME:lora for the default adapter, each --lora NAME."""
+    model_dir = Path(cfg.model_dir)
+    base_id = model_dir.name
+    adapters: dict[str, AdapterInfo] = {}
+    if adapter is not None:
+        adapters[f"{base_id}:lora"] = adapter
+    for name, path in cfg.named_adapters().items():
+        if name in (base_id, f"{base_id}:lora"):
+            raise ServeConfigError(f"--lora {name}: that id is already the "
+                                   f"{'base model' if name == base_id else './lora adapter'}; pick another NAME.")
+        path = path.resolve()
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterError(f"--lora {name}={path}: no adapter_config.json there.")
+        adapters[name] = inspect_adapter(path, model_dir, cfg.model_info)
+        log.info("Adapter %s: %s.", name, adapters[name].describe())
+    default = f"{base_id}:lora" if adapter is not None else None
+    return Router(base_id, adapters, default, source=cfg.model_info.get("source"))
+
+
+def build_state(cfg: ServeConfig, router: Router):
+    """The server's state before the model is loaded: the ids it serves and its security settings."""
     from .app import ServerState
 
-    details = {"source": cfg.model_info.get("source"), "adapter": None}
-    if adapter is not None:
-        details["adapter"] = {"path": str(adapter.path), "rank": adapter.rank, "alpha": adapter.alpha,
-                              "base_model": adapter.base_model, "target_modules": adapter.target_modules}
-    return ServerState(model_id=Path(cfg.model_dir).name, api_key=cfg.api_key, loopback=cfg.loopback,
-                       max_body_bytes=cfg.max_body_bytes, details=details)
+    return ServerState(router=router, api_key=cfg.api_key, loopback=cfg.loopback, max_body_bytes=cfg.max_body_bytes)
 
 
-def _serve(cfg: ServeConfig, adapter: AdapterInfo | None) -> int:
+def _serve(cfg: ServeConfig, router: Router) -> int:
     import uvicorn
 
     from .app import create_app
 
     model_id, info = Path(cfg.model_dir).name, cfg.model_info
-    state = build_state(cfg, adapter)
+    state = build_state(cfg, router)
     if not cfg.loopback:
         log.warning("Listening on %s: anyone who can reach this machine can use the model%s.", cfg.host,
                     "" if cfg.api_key else " - set --api-key (or LLM_API_KEY)")
 
     def load():
         try:
-            state.engine = load_engine(cfg, adapter)
+            state.engine = load_engine(cfg, router)
             log.info("Model loaded on %s: ready.", state.engine.device)
         except Exception as exc:  # reported on /health and to requests
             state.load_error = f"Loading the model failed: {exc}"
@@ -87,6 +104,7 @@ def _serve(cfg: ServeConfig, adapter: AdapterInfo | None) -> int:
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     log.info("Serving %s (%s) at http://%s:%d/v1 - chat page http://%s:%d/ - %s", model_id, info.get("source"),
              shown, cfg.port, shown, cfg.port, "API key required" if cfg.api_key else "no API key")
+    log.info("Model ids: %s (default %s).", ", ".join(router.routes), router.default.model_id)
     uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     return 0
 
@@ -102,16 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
         if not (Path(cfg.model_dir) / "model" / "config.json").is_file():
             raise ServeConfigError(f"No installed model in {cfg.model_dir} (model/config.json missing).")
-        adapter = resolve_adapter(cfg)
+        router = build_router(cfg, resolve_adapter(cfg))
         if cfg.engine == "vllm":
             from .vllm import exec_vllm
 
-            return exec_vllm(cfg, adapter)
+            return exec_vllm(cfg, router)
         if cfg.chat:
             from .terminal import chat_loop
 
-            return chat_loop(load_engine(cfg, adapter), sys.stdin, sys.stdout, cfg.temperature)
-        return _serve(cfg, adapter)
+            return chat_loop(load_engine(cfg, router), router, sys.stdin, sys.stdout, cfg.temperature)
+        return _serve(cfg, router)
     except UserError as exc:
         if os.environ.get("LLM_INSTALLER_DEBUG"):
             raise

@@ -49,6 +49,10 @@ class ServeConfig:
     temperature: float = _opt("Sampling temperature of --chat (0 = always the most likely token).", 0.7)
     no_lora: bool = _opt("Serve the base model even if ./lora holds an adapter.", False)
     load_lora: Path | None = _opt("Serve this adapter directory instead of ./lora.", None)
+    lora: list[str] = field(default_factory=list, metadata={
+        "help": "Also serve the adapter in PATH under the model id NAME (repeatable); each is checked against the "
+                "base model like ./lora. Requests pick it with \"model\": \"NAME\".",
+        "metavar": "NAME=PATH", "action": "append"})
     max_body_bytes: int = _opt("Largest request body accepted, in bytes.", 1_000_000)
 
     def validate(self) -> ServeConfig:
@@ -62,7 +66,31 @@ class ServeConfig:
             raise ServeConfigError("--no-lora and --load-lora contradict each other; give one.")
         if self.model_dir is None:
             raise ServeConfigError("--model-dir is required (start.sh passes it).")
+        self.named_adapters()
         return self
+
+    def named_adapters(self) -> dict[str, Path]:
+        """--lora NAME=PATH flags as {NAME: PATH}; ServeConfigError for a malformed or repeated NAME."""
+        from .router import ADAPTER_NAME
+
+        named: dict[str, Path] = {}
+        for item in self.lora:
+            name, sep, path = item.partition("=")
+            if not sep or not path:
+                raise ServeConfigError(f"--lora {item}: expected NAME=PATH.")
+            if not ADAPTER_NAME.match(name):
+                raise ServeConfigError(f"--lora {item}: NAME must be letters, digits and ._:/@+- (up to 128).")
+            if name in named:
+                raise ServeConfigError(f"--lora {name} is given twice.")
+            named[name] = Path(path).expanduser()
+        return named
+
+    def check_api_key(self) -> None:
+        """HTTP headers carry ASCII: a key with other characters could never be matched, so refuse it now."""
+        key = self.api_key
+        if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key):
+            raise ServeConfigError("The API key (--api-key or LLM_API_KEY) must be printable ASCII without "
+                                   "surrounding spaces: HTTP clients cannot send other characters in a header.")
 
     @property
     def loopback(self) -> bool:
@@ -89,6 +117,7 @@ class ServeConfig:
         self.device = self.device or defaults.get("device") or "auto"
         self.quantization = self.quantization or defaults.get("quantization") or "none"
         self.api_key = self.api_key or os.environ.get("LLM_API_KEY") or None
+        self.check_api_key()
         return self
 
 
@@ -107,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = {"help": spec.metadata["help"], "dest": spec.name}
         if spec.type in ("bool",) or isinstance(spec.default, bool):
             parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if spec.metadata.get("action") == "append":
+            parser.add_argument(flag, action="append", default=[], metavar=spec.metadata["metavar"], **kwargs)
             continue
         kind = _argument_type(spec.name, spec.default)
         parser.add_argument(flag, type=kind, default=spec.default, choices=spec.metadata.get("choices"), **kwargs)

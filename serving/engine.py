@@ -1,5 +1,5 @@
-"""Loading the model (with its adapter) and generating with transformers' own machinery:
-`generate` in a worker thread, text streamed back through `TextIteratorStreamer`."""
+"""Loading the model (with every served adapter) and generating with transformers' own machinery:
+`generate` in a worker thread, tokens handed back through a streamer and turned into text here."""
 
 from __future__ import annotations
 
@@ -12,6 +12,16 @@ from pathlib import Path
 from installer.errors import UserError
 
 from .adapter import AdapterInfo
+from .decoding import (
+    Detokenizer,
+    LogprobRecorder,
+    Piece,
+    TokenLogprob,
+    TokenStreamer,
+    bias_processor,
+    penalty_processor,
+)
+from .gate import AdapterGate
 
 log = logging.getLogger("serve")
 
@@ -30,6 +40,12 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    keep_tokens: set[int] = field(default_factory=set)  # special tokens the caller must see (tool-call markers)
 
 
 @dataclass
@@ -61,13 +77,15 @@ def _placement(device: str, dtype: str, quantization: str):
 
 
 class ModelEngine:
-    """The loaded model, tokenizer and adapter; `stream` yields text pieces of one generation."""
+    """The loaded model and tokenizer with every served adapter attached; `stream` yields the pieces of one
+    generation for one route (the base model or an adapter)."""
 
-    def __init__(self, model, tokenizer, device: str, adapter: AdapterInfo | None, context_length: int,
+    def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
                  max_concurrency: int = 1):
-        self.model, self.tokenizer, self.device, self.adapter = model, tokenizer, device, adapter
+        self.model, self.tokenizer, self.device, self.adapters = model, tokenizer, device, adapters
         self.context_length = context_length
-        self._slots = threading.Semaphore(max_concurrency)
+        self.base_template = getattr(tokenizer, "chat_template", None)
+        self._gate = AdapterGate(max_concurrency, self._activate)
         self._seed_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
@@ -77,12 +95,14 @@ class ModelEngine:
             self.stats[key] += delta
 
     @classmethod
-    def load(cls, model_path: Path, adapter: AdapterInfo | None, *, device: str = "auto", dtype: str = "auto",
-             quantization: str = "none", cpu_offload: bool = False, trust_remote_code: bool = False,
-             fallback_template: str | None = None, max_concurrency: int = 1) -> ModelEngine:
-        """Load weights (quantized/offloaded as asked), then the adapter and its chat template."""
+    def load(cls, model_path: Path, adapters: dict[str, AdapterInfo] | None = None, *, device: str = "auto",
+             dtype: str = "auto", quantization: str = "none", cpu_offload: bool = False,
+             trust_remote_code: bool = False, fallback_template: str | None = None,
+             max_concurrency: int = 1) -> ModelEngine:
+        """Load weights (quantized/offloaded as asked), then attach every adapter (key -> adapter) to them."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        adapters = adapters or {}
         device, torch_dtype = _placement(device, dtype, quantization)
         if device == "cpu" and max_concurrency > 1:
             log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
@@ -104,12 +124,7 @@ class ModelEngine:
             raise LoadError(f"Cannot load the model from {model_path}: {str(exc).splitlines()[0]}") from exc
         if "device_map" not in kwargs:
             model.to(device)
-        if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter.path))
-            if adapter.chat_template:
-                tokenizer.chat_template = adapter.chat_template
+        model = _attach_adapters(model, adapters)
         if not getattr(tokenizer, "chat_template", None) and fallback_template:
             tokenizer.chat_template = fallback_template
         if tokenizer.pad_token_id is None:
@@ -117,16 +132,33 @@ class ModelEngine:
         model.eval()
         config = model.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-        return cls(model, tokenizer, device, adapter, int(context), max_concurrency)
+        return cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+
+    def _activate(self, key: str | None) -> None:
+        """Make adapter `key` (None: none, the base model) the one the model computes with; nothing is generating."""
+        if not self.adapters:
+            return
+        if key is None:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(key)
 
     # --- prompts -----------------------------------------------------------------------------
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of a conversation rendered with the chat template, ready for the assistant's turn.
+    def chat_template(self, key: str | None = None) -> str | None:
+        """The template of a route: the adapter's own (saved when training used a fallback), else the model's."""
+        adapter = self.adapters.get(key) if key else None
+        return (adapter.chat_template if adapter and adapter.chat_template else None) or self.base_template
+
+    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
 
         ValueError when the template rejects the conversation (e.g. roles out of the order it demands).
         """
+        extra = {"tools": tools} if tools else {}
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      chat_template=self.chat_template(key), **extra)
         except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
             raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -135,35 +167,48 @@ class ModelEngine:
         return self.tokenizer(prompt)["input_ids"]
 
     # --- generation --------------------------------------------------------------------------
-    def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation) -> Iterator[str]:
-        """Text pieces as they are generated; waits for a free slot first. Setting `generation.cancel` stops it."""
+    def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation,
+               key: str | None = None) -> Iterator[Piece]:
+        """Pieces as they are generated with adapter `key` (None: the base model); waits for its turn first.
+        Setting `generation.cancel` stops it, also while it waits."""
         self._count("waiting")
-        self._slots.acquire()
-        self._count("waiting", -1)
-        self._count("active")
+        admitted = False
         try:
-            if not generation.cancel.is_set():  # the client may have left while queued
-                yield from self._stream_locked(prompt_ids, params, generation)
+            with self._gate.admit(key, generation.cancel) as admitted:
+                self._count("waiting", -1)
+                if admitted:
+                    self._count("active")
+                    try:
+                        yield from self._generate(prompt_ids, params, generation)
+                    finally:
+                        self._count("active", -1)
         finally:
-            self._count("active", -1)
+            if not admitted and generation.finish_reason is None:
+                generation.finish_reason = "cancelled"
             cancelled = generation.finish_reason in (None, "cancelled")
             self._count("cancelled" if cancelled else "completed")
-            self._slots.release()
 
-    def _stream_locked(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[str]:
+    def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 return generation.cancel.is_set()
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        recorder = LogprobRecorder(self.tokenizer, params.top_logprobs) if params.logprobs else None
+        processors = [recorder.processor()] if recorder else []
+        if params.presence_penalty or params.frequency_penalty:
+            processors.append(penalty_processor(len(prompt_ids), params.presence_penalty, params.frequency_penalty))
+        if params.logit_bias:
+            processors.append(bias_processor(params.logit_bias))
+        streamer = TokenStreamer(recorder)
         inputs = torch.tensor([prompt_ids], device=self.device if self.device != "auto" else "cpu")
         sampling = params.temperature > 0
         kwargs = dict(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=params.max_tokens,
                       do_sample=sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                      pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=True)
+                      logits_processor=LogitsProcessorList(processors), pad_token_id=self.tokenizer.pad_token_id,
+                      return_dict_in_generate=True)
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_tokens
         if sampling:
@@ -181,13 +226,15 @@ class ModelEngine:
                     result["output"] = self.model.generate(**kwargs)
             except Exception as exc:  # reported to the request, never lost in the thread
                 result["error"] = exc
+            finally:
                 streamer.end()
 
         worker = threading.Thread(target=work, name="generate", daemon=True)
         worker.start()
         finished = False
         try:
-            yield from _cut_at_stop(streamer, params.stop, generation)
+            yield from _cut_at_stop(_pieces(streamer, Detokenizer(self.tokenizer, params.keep_tokens)), params.stop,
+                                    generation)
             finished = True
         finally:
             if not finished:  # the consumer left early (client gone, Ctrl+C): stop generating
@@ -206,6 +253,35 @@ class ModelEngine:
                 else "length"
 
 
+def _attach_adapters(model, adapters: dict[str, AdapterInfo]):
+    """The model with every adapter loaded under its key (one copy of the base weights, PEFT switches)."""
+    if not adapters:
+        return model
+    from peft import PeftModel
+
+    keys = iter(adapters)
+    first = next(keys)
+    model = PeftModel.from_pretrained(model, str(adapters[first].path), adapter_name=first)
+    for key in keys:
+        model.load_adapter(str(adapters[key].path), adapter_name=key)
+    model.set_adapter(first)
+    return model
+
+
+def _pieces(streamer: TokenStreamer, detokenizer: Detokenizer) -> Iterator[Piece]:
+    pending: list[TokenLogprob] = []
+    for token_id, entry in streamer:
+        if entry is not None and token_id not in detokenizer.skip:  # end-of-turn tokens are not part of the answer
+            pending.append(entry)
+        text = detokenizer.add(token_id)
+        if text:
+            yield Piece(text, pending)
+            pending = []
+    rest = detokenizer.flush()
+    if rest or pending:
+        yield Piece(rest, pending)
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id if model.generation_config else None
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
@@ -214,26 +290,28 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _cut_at_stop(pieces, stops: list[str], generation: Generation) -> Iterator[str]:
-    """Pass text through, ending at the first stop string (never emitted); holds back possible stop prefixes."""
+def _cut_at_stop(pieces: Iterator[Piece], stops: list[str], generation: Generation) -> Iterator[Piece]:
+    """Pass pieces through, ending at the first stop string (never emitted); holds back possible stop prefixes.
+    Log-probabilities travel with the first text emitted after their tokens."""
     if not stops:
-        yield from (p for p in pieces if p)
+        yield from (p for p in pieces if p.text or p.logprobs)
         return
     hold = max(len(s) for s in stops) - 1
-    buffer = ""
+    buffer, logprobs = "", []
     for piece in pieces:
-        buffer += piece
+        buffer += piece.text
+        logprobs += piece.logprobs
         hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
         if hits:
             if buffer[: min(hits)]:
-                yield buffer[: min(hits)]
+                yield Piece(buffer[: min(hits)], logprobs)
             generation.finish_reason = "stop"
             generation.cancel.set()
             for _ in pieces:  # drain what the worker still produces before it sees the cancel
                 pass
             return
         if len(buffer) > hold:
-            yield buffer[: len(buffer) - hold]
-            buffer = buffer[len(buffer) - hold:]
-    if buffer:
-        yield buffer
+            yield Piece(buffer[: len(buffer) - hold], logprobs)
+            buffer, logprobs = buffer[len(buffer) - hold:], []
+    if buffer or logprobs:
+        yield Piece(buffer, logprobs)

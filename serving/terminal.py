@@ -5,15 +5,22 @@ from __future__ import annotations
 from typing import TextIO
 
 from .engine import Generation, GenerationParams, ModelEngine
+from .protocol import ApiError
+from .router import Route, Router
 
-HELP = "Type a message and press Enter. /system TEXT sets the system prompt, /clear forgets the chat, /exit quits."
+HELP = ("Type a message and press Enter. /model [ID] lists or picks the model, /system TEXT sets the system prompt, "
+        "/clear forgets the chat, /exit quits.")
 MAX_NEW_TOKENS = 512
 
 
-def chat_loop(engine: ModelEngine, stdin: TextIO, stdout: TextIO, temperature: float = 0.7) -> int:
+def _describe(route: Route) -> str:
+    return f"{route.model_id} (adapter {route.adapter.path})" if route.adapter else f"{route.model_id} (base model)"
+
+
+def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO, temperature: float = 0.7) -> int:
     """Read lines until EOF or /exit; keep the conversation; print each answer as it streams."""
-    adapter = f" with adapter {engine.adapter.path}" if engine.adapter else ""
-    print(f"Chatting with the model{adapter}. {HELP}", file=stdout, flush=True)
+    route = router.default
+    print(f"Chatting with {_describe(route)}. {HELP}", file=stdout, flush=True)
     system: str | None = None
     history: list[dict] = []
     while True:
@@ -31,13 +38,26 @@ def chat_loop(engine: ModelEngine, stdin: TextIO, stdout: TextIO, temperature: f
             history.clear()
             print("(chat cleared)", file=stdout, flush=True)
             continue
+        if text == "/model" or text.startswith("/model "):
+            wanted = text.removeprefix("/model").strip()
+            if not wanted:
+                for candidate in router.routes.values():
+                    print(("* " if candidate is route else "  ") + _describe(candidate), file=stdout, flush=True)
+                continue
+            try:
+                route = router.resolve(wanted)
+            except ApiError as exc:
+                print(f"({exc.message})", file=stdout, flush=True)
+                continue
+            print(f"(now chatting with {_describe(route)})", file=stdout, flush=True)
+            continue
         if text.startswith("/system"):
             system = text.removeprefix("/system").strip() or None
             print(f"(system prompt {'set' if system else 'cleared'})", file=stdout, flush=True)
             continue
         history.append({"role": "user", "content": text})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        prompt = engine.chat_prompt(messages)
+        prompt = engine.chat_prompt(messages, route.key)
         room = engine.context_length - len(prompt)
         if room < 1:
             history.pop()
@@ -46,9 +66,9 @@ def chat_loop(engine: ModelEngine, stdin: TextIO, stdout: TextIO, temperature: f
         params = GenerationParams(max_tokens=min(MAX_NEW_TOKENS, room), temperature=temperature, top_p=0.95)
         pieces = []
         try:
-            for piece in engine.stream(prompt, params, Generation(prompt_tokens=len(prompt))):
-                pieces.append(piece)
-                print(piece, end="", file=stdout, flush=True)
+            for piece in engine.stream(prompt, params, Generation(prompt_tokens=len(prompt)), route.key):
+                pieces.append(piece.text)
+                print(piece.text, end="", file=stdout, flush=True)
         except KeyboardInterrupt:
             print(" (stopped)", end="", file=stdout)
         print(file=stdout, flush=True)

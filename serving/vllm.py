@@ -8,12 +8,24 @@ import shutil
 import sys
 from pathlib import Path
 
-from .adapter import AdapterInfo
 from .config import ServeConfig, ServeConfigError
+from .router import Router
+
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the only --max-lora-rank values vLLM accepts
 
 
-def vllm_command(cfg: ServeConfig, adapter: AdapterInfo | None, executable: str = "vllm") -> list[str]:
-    """The `vllm serve` command line for this configuration (adapter via --enable-lora)."""
+def max_lora_rank(ranks: list[int]) -> int:
+    """The smallest rank vLLM accepts that holds every adapter's rank."""
+    needed = max(ranks)
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= needed:
+            return allowed
+    raise ServeConfigError(f"An adapter has LoRA rank {needed}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}. "
+                           "Use --engine transformers.")
+
+
+def vllm_command(cfg: ServeConfig, router: Router, executable: str = "vllm") -> list[str]:
+    """The `vllm serve` command line for this configuration: every adapter under its model id (--lora-modules)."""
     model_id = Path(cfg.model_dir).name
     command = [executable, "serve", str(Path(cfg.model_dir) / "model"), "--served-model-name", model_id,
                "--host", cfg.host, "--port", str(cfg.port), "--max-num-seqs", str(max(cfg.max_concurrency, 1))]
@@ -25,13 +37,15 @@ def vllm_command(cfg: ServeConfig, adapter: AdapterInfo | None, executable: str 
         command += ["--cpu-offload-gb", "8"]
     if cfg.model_info.get("trust_remote_code"):
         command.append("--trust-remote-code")
-    if adapter is not None:
-        command += ["--enable-lora", "--lora-modules", f"{model_id}:lora={adapter.path}",
-                    "--max-lora-rank", str(adapter.rank)]
+    adapters = router.adapters
+    if adapters:
+        command += ["--enable-lora", "--max-loras", str(len(adapters)),
+                    "--max-lora-rank", str(max_lora_rank([route.adapter.rank for route in adapters])),
+                    "--lora-modules", *(f"{route.model_id}={route.adapter.path}" for route in adapters)]
     return command
 
 
-def exec_vllm(cfg: ServeConfig, adapter: AdapterInfo | None) -> int:
+def exec_vllm(cfg: ServeConfig, router: Router) -> int:
     """Replace this process with vLLM's server; ServeConfigError when vLLM or a GPU is missing."""
     if importlib.util.find_spec("vllm") is None:
         raise ServeConfigError("--engine vllm needs vLLM installed in this environment (pip install vllm); "
@@ -43,7 +57,7 @@ def exec_vllm(cfg: ServeConfig, adapter: AdapterInfo | None) -> int:
     if cfg.chat:
         raise ServeConfigError("--chat works with --engine transformers only.")
     executable = shutil.which("vllm") or str(Path(sys.executable).with_name("vllm"))
-    command = vllm_command(cfg, adapter, executable)
+    command = vllm_command(cfg, router, executable)
     if cfg.api_key:
         os.environ["VLLM_API_KEY"] = cfg.api_key  # not on the command line, where `ps` would show it
     print("Starting vLLM: " + " ".join(command), flush=True)

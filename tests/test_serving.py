@@ -27,10 +27,9 @@ def client(tuned_server):
     return openai.OpenAI(base_url=tuned_server[0] + "/v1", api_key="unused", max_retries=0)
 
 
-def _ask(client, question=QUESTION, **extra):
+def _ask(client, question=QUESTION, model="tuned-model:lora", **extra):
     extra.setdefault("temperature", 0)
-    return client.chat.completions.create(model="tuned-model", messages=[{"role": "user", "content": question}],
-                                          **extra)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **extra)
 
 
 def test_chat_answers_with_the_trained_adapter(client):
@@ -84,8 +83,10 @@ def test_base_model_without_lora_does_not_know_the_answer(tuned_model_dir):
     state = load_state(tuned_model_dir, lora=False)
     with running_server(state) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        assert _ask(client).choices[0].message.content != ANSWER
+        assert _ask(client, model="tuned-model").choices[0].message.content != ANSWER
         assert [m.id for m in client.models.list().data] == ["tuned-model"]
+        with pytest.raises(openai.NotFoundError):
+            _ask(client, model="tuned-model:lora")
 
 
 BAD_REQUESTS = [
@@ -99,10 +100,20 @@ BAD_REQUESTS = [
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}).encode(), 400, "invalid_value"),
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}).encode(), 400,
      "context_length_exceeded"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 3}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 17}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 0}).encode(), 400, "invalid_value"),
     (json.dumps({"messages": [{"role": "system", "content": "only a system prompt"}]}).encode(), 400,
      "no_user_message"),
     (json.dumps({"messages": [{"role": "user", "content": "x" * 2_000_000}]}).encode(), 413, "body_too_large"),
+    # issue 14 item 9: these were 500s
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": 2**70}).encode(), 400, "invalid_value"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi \ud800"}]}).encode(), 400, "invalid_json"),
+    (b"[" * 100_000, 400, "invalid_json"),
+    (b'{"messages": ' + b"[" * 100_000, 400, "invalid_json"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {"a": [[[[[[[[]]]]]]]]}}}],
+                 "metadata": {"k": json.dumps([[[]]])}}).encode()[:-1] + b', "x": ' + b"[" * 900 + b"]" * 900 + b"}",
+     400, "unrecognized_argument"),
 ]
 
 
@@ -122,13 +133,13 @@ STRICT_TEMPLATE = ("{% if messages[0]['role'] == 'assistant' %}{{ raise_exceptio
 
 def test_messages_the_chat_template_rejects_are_a_400(tuned_server):
     url, state = tuned_server
-    tokenizer = state.engine.tokenizer
-    saved, tokenizer.chat_template = tokenizer.chat_template, STRICT_TEMPLATE
+    engine = state.engine
+    saved, engine.base_template = engine.base_template, STRICT_TEMPLATE
     try:
         body = {"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]}
         response = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
     finally:
-        tokenizer.chat_template = saved
+        engine.base_template = saved
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "invalid_messages" and "must start with a user turn" in error["message"]
@@ -162,8 +173,9 @@ def test_api_key_required_everywhere_but_health(tuned_model_dir):
 
 def test_health_is_503_while_loading_and_requests_wait(tuned_model_dir):
     from serving.app import ServerState
+    from serving.router import Router
 
-    state = ServerState(model_id="tuned-model")
+    state = ServerState(router=Router("tuned-model"))
     with running_server(state) as url:
         assert httpx.get(url + "/health").status_code == 503
         response = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})

@@ -48,7 +48,7 @@ def test_start_sh_serves_the_tuned_model_and_says_so(tuned_model_dir):
     try:
         _wait_healthy(url, process)
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        reply = client.chat.completions.create(model="tuned-model", temperature=0,
+        reply = client.chat.completions.create(model="tuned-model:lora", temperature=0,
                                                messages=[{"role": "user", "content": QUESTION}])
         assert reply.choices[0].message.content == ANSWER
     finally:
@@ -100,17 +100,35 @@ def test_quantization_and_vllm_need_a_gpu(tuned_model_dir):
 
 
 def test_vllm_command_passes_the_adapter_and_its_rank(tuned_model_dir):
-    from serving.adapter import inspect_adapter
+    from serving.cli import build_router, resolve_adapter
     from serving.config import ServeConfig
     from serving.vllm import vllm_command
 
-    cfg = ServeConfig(model_dir=tuned_model_dir, port=9000, api_key="k").apply_install_defaults()
-    adapter = inspect_adapter(tuned_model_dir / "lora", tuned_model_dir, cfg.model_info)
-    command = vllm_command(cfg, adapter)
+    cfg = ServeConfig(model_dir=tuned_model_dir, port=9000, api_key="k",
+                      lora=[f"second={tuned_model_dir / 'lora'}"]).apply_install_defaults()
+    command = vllm_command(cfg, build_router(cfg, resolve_adapter(cfg)))
     assert command[:3] == ["vllm", "serve", str(tuned_model_dir / "model")]
     assert "--enable-lora" in command and command[command.index("--max-lora-rank") + 1] == "8"
-    assert command[command.index("--lora-modules") + 1] == f"tuned-model:lora={tuned_model_dir / 'lora'}"
+    modules = command[command.index("--lora-modules") + 1:]
+    assert modules == [f"tuned-model:lora={tuned_model_dir / 'lora'}", f"second={tuned_model_dir / 'lora'}"]
+    assert command[command.index("--max-loras") + 1] == "2"
     assert "k" not in command  # the key goes through the environment, not the visible command line
+
+
+@pytest.mark.parametrize(("ranks", "expected"), [([8], 8), ([4], 8), ([9, 16], 16), ([33], 64), ([300], 320),
+                                                 ([512], 512)])
+def test_vllm_max_lora_rank_is_one_vllm_accepts(ranks, expected):
+    from serving.vllm import max_lora_rank
+
+    assert max_lora_rank(ranks) == expected
+
+
+def test_vllm_refuses_ranks_above_512():
+    from serving.config import ServeConfigError
+    from serving.vllm import max_lora_rank
+
+    with pytest.raises(ServeConfigError, match="up to 512"):
+        max_lora_rank([1024])
 
 
 def test_terminal_chat(tuned_model_dir):
@@ -118,7 +136,8 @@ def test_terminal_chat(tuned_model_dir):
                             input=f"{QUESTION}\n/clear\n/exit\n",
                             capture_output=True, text=True, timeout=120, env={**os.environ, "LLM_API_KEY": ""})
     assert result.returncode == 0, result.stderr
-    assert "with adapter" in result.stdout and "(chat cleared)" in result.stdout
+    assert f"Chatting with tuned-model:lora (adapter {tuned_model_dir / 'lora'})" in result.stdout
+    assert "(chat cleared)" in result.stdout
     assert f"> {ANSWER}\n" in result.stdout
 
 
