@@ -198,6 +198,8 @@ class _JsonReader:
     def peek(self) -> str:
         """The next non-whitespace character ('' at the end of the file), which stays unread."""
         while True:
+            if self.pos < len(self.buf) and self.buf[self.pos] not in " \t\n\r":  # the common case, without a regex
+                return self.buf[self.pos]
             self.pos = _WHITESPACE.match(self.buf, self.pos).end()
             if self.pos < len(self.buf) or self.eof:
                 return self.buf[self.pos: self.pos + 1]
@@ -208,12 +210,18 @@ class _JsonReader:
             raise self.malformed(self.pos, f"Expecting {what}")
         self.pos += 1
 
+    def _scan(self) -> tuple:
+        try:
+            return self.json.scan_once(self.buf, self.pos)  # raw_decode without its wrapper: one call per record
+        except StopIteration as stop:
+            raise json.JSONDecodeError("Expecting value", self.buf, stop.value) from None
+
     def value(self):
         """The next JSON value, read in growing chunks until it is complete."""
         self.peek()
         while True:
             try:
-                value, end = self.json.raw_decode(self.buf, self.pos)
+                value, end = self._scan()
                 # a number or literal that ends the text read so far may go on in the next chunk
                 if end < len(self.buf) or self.eof or isinstance(value, dict | list | str):
                     self.pos = end
