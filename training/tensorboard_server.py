@@ -106,7 +106,8 @@ def serve_only(workdir: Path, port: int) -> int:
     process = _spawn(workdir, port)
     try:
         return process.wait()
-    except KeyboardInterrupt:  # TensorBoard got the same Ctrl+C; give it time to exit
+    except KeyboardInterrupt:  # a Ctrl+C reached TensorBoard too, a SIGINT sent to this process alone did not
+        process.terminate()
         try:
             process.wait(timeout=EXIT_GRACE)
         except subprocess.TimeoutExpired:
