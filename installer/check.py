@@ -49,7 +49,24 @@ def check_report(model: str, revision: str | None = None, trust_remote_code: boo
         "max_sequence_length": handler.max_sequence_length,
         "quantization": list(handler.quantization),
         "gated": meta.gated,
+        "gguf": _gguf_report(meta.gguf) if meta.gguf is not None else None,
     }
+
+
+def _gguf_report(info) -> dict:
+    from .gguf_import import DEQUANTIZED_NOTE
+
+    return {"file": str(info.path), "architecture": info.architecture, "quantization": info.quantization,
+            "file_bytes": info.file_bytes, "installs_as": info.dtype, "context_length": info.context_length,
+            "license": info.license, "note": DEQUANTIZED_NOTE}
+
+
+def _gguf_lines(gguf: dict) -> list[str]:
+    return [
+        f"GGUF file:       {gguf['file']} ({human_bytes(gguf['file_bytes'])}, {gguf['quantization']}, "
+        f"context {gguf['context_length'] or '?'}, license {gguf['license'] or 'not stated'})",
+        f"Installs as:     {gguf['installs_as']} safetensors. {gguf['note']}",
+    ]
 
 
 def format_report(report: dict) -> str:
@@ -60,9 +77,11 @@ def format_report(report: dict) -> str:
         f"Architecture:    {report['architecture']}",
         f"Parameters:      {human_count(report['parameters'])} ({report['parameters']:,} from {report['parameters_from']})"
         if report["parameters"] else "Parameters:      unknown",
-        f"Native dtype:    {report['dtype']}",
-        f"Download size:   {human_bytes(report['download_bytes'])} in {len(report['download_files'])} files"
-        + (" (pickle weights only: install needs --allow-pickle)" if report["pickle_only"] else ""),
+        *(_gguf_lines(report["gguf"]) if report.get("gguf") else [
+            f"Native dtype:    {report['dtype']}",
+            f"Download size:   {human_bytes(report['download_bytes'])} in {len(report['download_files'])} files"
+            + (" (pickle weights only: install needs --allow-pickle)" if report["pickle_only"] else ""),
+        ]),
         f"Remote code:     {'required (--trust-remote-code)' if report['trust_remote_code'] else 'no'}",
         "",
         f"Memory (fits this machine's {report['memory_budget']['kind']}: {human_bytes(report['memory_budget']['bytes'])})",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -71,11 +72,13 @@ def cli() -> None:
 def check(model: str, revision: str | None, trust_remote_code: bool, as_json: bool) -> None:
     """Show what MODEL is and whether it fits this machine, reading metadata only.
 
-    MODEL is a Hub id (org/name), a local model directory or builtin:NAME.
+    MODEL is a Hub id (org/name), a local model directory, a .gguf file (its header only),
+    ollama:NAME[:TAG] or builtin:NAME.
 
     \b
     Example:
       llm-installer check Qwen/Qwen2.5-0.5B-Instruct --json
+      llm-installer check ./SmolLM2-135M-Instruct.Q4_1.gguf
     """
     from .check import check_report, format_report
 
@@ -100,16 +103,21 @@ def check(model: str, revision: str | None, trust_remote_code: bool, as_json: bo
 @click.option("--force", is_flag=True, help="Reinstall: fetch every file again (adapters are kept).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow models that run code from their repository.")
 @click.option("--allow-pickle", is_flag=True, help="Allow repositories that ship only pickle (.bin) weights.")
+@click.option("--gguf-file", metavar="NAME.gguf", help="Install this GGUF file of a Hub repository (converted to safetensors).")
 def install(model: str, models_dir: Path | None, force: bool, **options) -> None:
     """Install MODEL into a directory of its own with train.sh and start.sh.
 
-    MODEL is a Hub id (org/name), a local model directory or builtin:NAME.
+    MODEL is a Hub id (org/name), a local model directory, a .gguf file, ollama:NAME[:TAG]
+    (a model already pulled into the local Ollama store) or builtin:NAME (smollm2-135m, tiny-chat).
+    GGUF weights are dequantized into safetensors so that train.sh and start.sh can use them.
     Interrupted installs resume when the same command is run again.
 
     \b
     Example:
       llm-installer install meta-llama/Llama-3-8B
-      llm-installer install builtin:tiny-chat --name demo
+      llm-installer install builtin:smollm2-135m
+      llm-installer install ollama:llama3.2:1b
+      llm-installer install bartowski/Qwen2.5-0.5B-Instruct-GGUF --gguf-file Qwen2.5-0.5B-Instruct-Q8_0.gguf
     """
     from .install import InstallOptions
     from .install import install as run_install
@@ -130,7 +138,7 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
         f"in {result.model_dir.root} in {result.seconds:.1f}s ({result.fetch_mode}, "
         f"{human_bytes(result.model_dir.disk_bytes())} on disk)."
     )
-    click.echo(f"Next: cd {result.model_dir.root} && ./train.sh --data 'data/*.json' && ./start.sh")
+    click.echo(f"Next: cd {shlex.quote(str(result.model_dir.root))} && ./train.sh --data 'data/*.json' && ./start.sh")
 
 
 @cli.command(name="list")

@@ -69,9 +69,11 @@ def _analytic_parameters(config: dict) -> int | None:
 
 
 def parameter_count(meta: ModelMetadata, trust_remote_code: bool = False) -> tuple[int | None, str]:
-    """(count, where it came from): safetensors headers when present, else the config."""
+    """(count, where it came from): safetensors headers, else a GGUF header, else the config."""
     if meta.safetensors_parameters:
         return meta.safetensors_parameters, "safetensors metadata"
+    if meta.gguf is not None:
+        return meta.gguf.parameters, "GGUF header"
     return parameters_from_config(meta.config, trust_remote_code), "config.json"
 
 

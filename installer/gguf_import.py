@@ -23,6 +23,7 @@ DEQUANTIZED_NOTE = (
 # carry far more error than bfloat16 rounding adds, except 8-bit blocks, whose fp16 scales float16 keeps.
 FLOAT_TYPES = {"F32": "float32", "F64": "float32", "F16": "float16", "BF16": "bfloat16"}
 EIGHT_BIT_TYPES = ("Q8_0", "Q8_1", "Q8_K")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 class GGUFError(SourceError):
@@ -113,9 +114,10 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
         raise GGUFError(f"{path} has no general.architecture in its metadata, so it is not a model GGUF.")
     file_type = _field(reader, "general.file_type")
     try:
-        quantization = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") if file_type is not None else None
-    except ValueError:
+        quantization = gguf.LlamaFileType(int(file_type)).name if file_type is not None else None
+    except ValueError:  # a file type newer than this gguf package
         quantization = None
+    quantization = quantization.removeprefix("MOSTLY_").removeprefix("ALL_") if quantization else None
     if not quantization:
         quantization = max(tensor_types, key=tensor_types.get) if tensor_types else "unknown"
     context = _field(reader, f"{architecture}.context_length")
@@ -167,7 +169,8 @@ def supported_architectures() -> list[str]:
     return sorted(names - {"general", "tokenizer"})
 
 
-def _check_supported(info: GGUFInfo) -> None:
+def check_supported(info: GGUFInfo) -> None:
+    """UnsupportedGGUFError when transformers cannot load this architecture."""
     names = supported_architectures()
     # transformers maps a few llama.cpp spellings itself (qwen2moe -> qwen2_moe, ...): compare without them.
     squashed = {name.replace("_", "").replace("-", "") for name in names}
@@ -181,7 +184,7 @@ def _check_supported(info: GGUFInfo) -> None:
 def convert_gguf(path: str | os.PathLike, dest: Path, echo: Callable[[str], None] = print) -> GGUFInfo:
     """Write the model in GGUF file `path` into directory `dest` as a normal model directory."""
     info = read_gguf_info(path)
-    _check_supported(info)
+    check_supported(info)
     dest.mkdir(parents=True, exist_ok=True)
     echo(f"Converting {info.path.name} ({info.architecture}, {info.quantization}) to {info.dtype} safetensors. "
          + DEQUANTIZED_NOTE)

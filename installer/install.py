@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ class InstallOptions:
     force: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    gguf_file: str | None = None  # one GGUF file of a Hub repository
 
 
 @dataclass
@@ -172,6 +174,9 @@ def install(options: InstallOptions, echo: Callable[[str], None] = print) -> Ins
     """Install (or resume installing) a model; returns where it went and its model_info."""
     started = time.monotonic()
     kind = source_kind(options.model)
+    if options.gguf_file and kind != "hub":
+        raise InstallError("--gguf-file picks one file of a Hub repository (org/name); "
+                           f"{options.model} is a {kind} source.")
     name = validate_name(options.name) if options.name else directory_name(options.model)
     model_dir = ModelDir(options.models_dir / name)
     if model_dir.status() == "ready" and not options.force:
@@ -181,6 +186,38 @@ def install(options: InstallOptions, echo: Callable[[str], None] = print) -> Ins
         echo(f"{options.model} is already installed in {model_dir.root} (use --force to reinstall).")
         return InstallResult(model_dir, previous, already_installed=True)
 
+    if _is_gguf(kind, options):
+        meta, fetch_mode, extra_info = _install_gguf(options, kind, model_dir, echo)
+        handler = handler_for_config(meta.config)
+        selection = select_files(files_on_disk(model_dir.weights))
+    else:
+        meta, handler, selection, fetch_mode = _install_files(options, kind, model_dir, echo)
+        extra_info = {}
+    records = verify(selection, model_dir.weights)
+    extra = install_extra_requirements(handler, model_dir, echo)
+    info = {**_build_info(options, meta, handler, selection, records, extra), **extra_info}
+    render_wrappers(model_dir, info)
+    model_dir.write_info(info)
+    model_dir.marker.unlink(missing_ok=True)
+    return InstallResult(model_dir, info, seconds=time.monotonic() - started, fetch_mode=fetch_mode)
+
+
+def _is_gguf(kind: str, options: InstallOptions) -> bool:
+    from .builtin import PACKAGED
+
+    if kind == "builtin":
+        return options.model.split(":", 1)[1] in PACKAGED
+    return kind in ("gguf", "ollama") or bool(options.gguf_file)
+
+
+def _start(model_dir: ModelDir, options: InstallOptions) -> None:
+    """Mark the directory incomplete until everything is verified (list shows it; resume knows it)."""
+    model_dir.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(model_dir.marker, {"source": options.model, "started_at": _now()})
+
+
+def _install_files(options, kind, model_dir, echo) -> tuple[ModelMetadata, ModelHandler, Selection, str]:
+    """Hub, local directory or built (tiny) built-in: the model's own files into model/."""
     meta = None if kind == "builtin" else read_metadata(options.model, options.revision)
     if meta is not None:
         handler = handler_for_config(meta.config)
@@ -190,32 +227,64 @@ def install(options: InstallOptions, echo: Callable[[str], None] = print) -> Ins
         needed = _check_disk(selection, model_dir.weights, options.force)
         echo(f"Installing {options.model} ({handler.name} handler) into {model_dir.root}: "
              f"{len(selection.files)} files, {human_bytes(needed)} to fetch.")
-
-    model_dir.root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(model_dir.marker, {"source": options.model, "started_at": _now()})
-    fetch_mode = "downloaded"
+    _start(model_dir, options)
     if kind == "builtin":
         echo(f"Building {options.model} offline into {model_dir.root} ...")
         build_builtin(options.model.split(":", 1)[1], model_dir.weights)
         meta = local_metadata(model_dir.weights, source=options.model, kind="builtin")
         meta.revision = f"llm-installer-{__version__}"
-        handler = handler_for_config(meta.config)
-        selection = select_files(files_on_disk(model_dir.weights))
-        fetch_mode = "built"
-    elif kind == "local":
+        return meta, handler_for_config(meta.config), select_files(files_on_disk(model_dir.weights)), "built"
+    if kind == "local":
         _validate_loadable(meta)
         model_dir.weights.mkdir(parents=True, exist_ok=True)
-        fetch_mode = fetch_from_directory(meta.local_path, selection, model_dir.weights, options.force)
-    else:
-        fetch_from_hub(meta, selection, model_dir.weights, options.force)
+        return meta, handler, selection, fetch_from_directory(meta.local_path, selection, model_dir.weights, options.force)
+    fetch_from_hub(meta, selection, model_dir.weights, options.force)
+    return meta, handler, selection, "downloaded"
 
-    records = verify(selection, model_dir.weights)
-    extra = install_extra_requirements(handler, model_dir, echo)
-    info = _build_info(options, meta, handler, selection, records, extra)
-    render_wrappers(model_dir, info)
-    model_dir.write_info(info)
-    model_dir.marker.unlink(missing_ok=True)
-    return InstallResult(model_dir, info, seconds=time.monotonic() - started, fetch_mode=fetch_mode)
+
+def _install_gguf(options, kind, model_dir, echo) -> tuple[ModelMetadata, str, dict]:
+    """A GGUF source: resolve it, check it, convert it to safetensors in model/ (see gguf_source)."""
+    from . import gguf_source
+
+    source = gguf_source.resolve(options.model, kind, options.gguf_file, options.revision, echo=echo)
+    if source.path is not None:  # local, Ollama or packaged: check everything before creating anything
+        info = gguf_source.read_checked(source.path)
+        _check_compatible_gguf(options, source, info)
+        _check_conversion_disk(info, model_dir, 0)
+        _start(model_dir, options)
+    else:
+        _check_conversion_disk(None, model_dir, source.hub_file.size)
+        _start(model_dir, options)
+        echo(f"Downloading {source.hub_file.path} ({human_bytes(source.hub_file.size)}) from {options.model} ...")
+        info = gguf_source.read_checked(gguf_source.fetch_hub_file(source, model_dir.root))
+        _check_compatible_gguf(options, source, info)
+        _check_conversion_disk(info, model_dir, 0)
+    echo(f"Installing {options.model} ({info.architecture} GGUF, {info.quantization}, "
+         f"{human_bytes(info.file_bytes)}) into {model_dir.root}.")
+    gguf_source.convert_into(info, model_dir.weights, echo)
+    shutil.rmtree(model_dir.root / gguf_source.HUB_DOWNLOAD_SUBDIR, ignore_errors=True)
+    meta = gguf_source.converted_metadata(source, info, model_dir.weights)
+    return meta, "converted from GGUF", gguf_source.gguf_record(source, info)
+
+
+def _check_compatible_gguf(options: InstallOptions, source, info) -> None:
+    from . import gguf_source
+
+    meta = gguf_source.metadata(source, info)
+    check_compatible(options, meta, handler_for_config(meta.config))
+
+
+def _check_conversion_disk(info, model_dir: ModelDir, download_bytes: int) -> None:
+    """Room for the download (Hub) or for the dequantized safetensors (parameters x bytes of their dtype)."""
+    from .gguf_import import DTYPE_BYTES
+
+    needed = download_bytes if info is None else info.parameters * DTYPE_BYTES[info.dtype]
+    free = free_disk_bytes(model_dir.root)
+    if needed + DISK_MARGIN_BYTES > free:
+        raise InstallError(
+            f"Not enough disk space in {model_dir.root.parent}: need {human_bytes(needed + DISK_MARGIN_BYTES)}, "
+            f"{human_bytes(free)} free."
+        )
 
 
 def _validate_loadable(meta: ModelMetadata) -> None:

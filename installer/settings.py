@@ -59,19 +59,31 @@ def models_dir(option: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+NAME_MAX_BYTES = 255  # one path component on Linux, macOS and Windows filesystems
+
+
 def directory_name(model: str) -> str:
-    """Directory name for a model source: org/name -> org_name, builtin:x -> builtin_x, path -> basename."""
-    if model.startswith("builtin:"):
-        name = "builtin_" + model.split(":", 1)[1]
-    elif os.path.isdir(os.path.expanduser(model)):
-        name = Path(model).expanduser().resolve().name
+    """Directory name for a model source: org/name -> org_name, builtin:x -> builtin_x,
+    ollama:name:tag -> ollama_name_tag, a directory or .gguf file -> its name (without .gguf)."""
+    expanded = os.path.expanduser(model)
+    if model.startswith(("builtin:", "ollama:")):
+        name = re.sub(r"[:/]", "_", model)
+    elif os.path.isdir(expanded):
+        name = Path(expanded).resolve().name
+    elif os.path.isfile(expanded):
+        name = Path(expanded).name.removesuffix(".gguf").removesuffix(".GGUF")
     else:
         name = model.replace("/", "_")
     return validate_name(name)
 
 
 def validate_name(name: str) -> str:
-    """A model directory name: one path component of safe characters."""
+    """A model directory name: one path component of safe characters, short enough for the filesystem."""
+    if len((name or "").encode()) > NAME_MAX_BYTES:
+        raise SettingsError(
+            f"Model name '{name[:40]}...' is {len(name)} characters long; the filesystem allows {NAME_MAX_BYTES} "
+            "(choose a shorter one with --name)."
+        )
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name or "") or name in {".", ".."}:
         raise SettingsError(
             f"Invalid model name {name!r}: use letters, digits, '.', '_', '+' or '-', starting with a letter or digit."

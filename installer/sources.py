@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 from .hub_errors import hub_errors, hub_kwargs
@@ -31,7 +32,7 @@ class ModelMetadata:
     """What `check` and `install` know about a model before fetching its weights."""
 
     source: str
-    kind: str  # "hub", "local" or "builtin"
+    kind: str  # "hub", "local", "builtin", "gguf" or "ollama"
     config: dict
     files: list[RepoFile]
     tokenizer_config: dict | None = None
@@ -40,29 +41,72 @@ class ModelMetadata:
     safetensors_parameters: int | None = None
     safetensors_dtypes: dict[str, int] = field(default_factory=dict)
     gated: bool = False
+    gguf: Any = None  # GGUFInfo when the weights come from a GGUF file
 
 
 def source_kind(model: str) -> str:
-    """'builtin', 'local' or 'hub' for a MODEL argument; SourceError when it is none of them."""
+    """'builtin', 'ollama', 'gguf', 'local' or 'hub' for a MODEL argument, validated before anything is created;
+    SourceError when it is none of them."""
     if model.startswith("builtin:"):
+        from .builtin import check_name
+
+        check_name(model.split(":", 1)[1])
         return "builtin"
-    if os.path.isdir(os.path.expanduser(model)):
+    if model.startswith("ollama:"):
+        from .ollama import parse_name
+
+        parse_name(model.split(":", 1)[1])
+        return "ollama"
+    expanded = os.path.expanduser(model)
+    if model.lower().endswith(".gguf") or os.path.isfile(expanded):
+        if not os.path.isfile(expanded):
+            raise SourceError(f"No such GGUF file: {_shown(model)}")
+        return "gguf"
+    if os.path.isdir(expanded):
         return "local"
     parts = model.split("/")
     if len(parts) == 2 and all(parts) and not model.startswith((".", "~")):
+        _check_hub_id(model)
         return "hub"
     if model.startswith((".", "/", "~")) or os.sep in model:
-        raise SourceError(f"No such model directory: {model}")
-    raise SourceError(f"'{model}' is not a Hub id (org/name), a local model directory or builtin:NAME.")
+        raise SourceError(f"No such model directory or GGUF file: {_shown(model)}")
+    raise SourceError(
+        f"'{_shown(model)}' is not a Hub id (org/name), a local model directory, a .gguf file, ollama:NAME or builtin:NAME."
+    )
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` cut to a readable length for a one-sentence error."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_hub_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise SourceError(
+            f"'{_shown(repo_id)}' is not a valid Hub id: org/name with letters, digits, '-', '_' or '.', "
+            "at most 96 characters."
+        ) from exc
 
 
 def read_metadata(model: str, revision: str | None = None) -> ModelMetadata:
-    """Metadata for any kind of source."""
+    """Metadata for any kind of source (a GGUF's from its header; never its tensors)."""
     kind = source_kind(model)
     if kind == "hub":
         return hub_metadata(model, revision)
     if kind == "local":
         return local_metadata(Path(model).expanduser().resolve(), source=model)
+    from .builtin import PACKAGED
+
+    if kind in ("gguf", "ollama") or model.split(":", 1)[1] in PACKAGED:
+        from . import gguf_source
+
+        source = gguf_source.resolve(model, kind)
+        return gguf_source.metadata(source, gguf_source.read_checked(source.path))
     from .builtin import builtin_metadata
 
     return builtin_metadata(model.split(":", 1)[1])
@@ -132,6 +176,10 @@ def hub_metadata(repo_id: str, revision: str | None = None) -> ModelMetadata:
         ]
         names = {f.path for f in files}
         if "config.json" not in names:
+            ggufs = sorted(name for name in names if name.lower().endswith(".gguf"))
+            if ggufs:
+                raise SourceError(f"{repo_id} holds GGUF files; pick one with --gguf-file ({', '.join(ggufs[:8])}"
+                                  f"{', ...' if len(ggufs) > 8 else ''}).")
             raise SourceError(f"{repo_id} has no config.json: it is not a transformers model repository.")
         config = _read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha, **settings)))
         tokenizer_config = None
