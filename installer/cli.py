@@ -212,6 +212,7 @@ def update(name: str | None, all_models: bool, models_dir: Path | None) -> None:
     Example:
       llm-installer update --all
     """
+    from .model_dir import DamagedInstallError, check_info
     from .render import render_wrappers
 
     root = _root(models_dir)
@@ -223,7 +224,13 @@ def update(name: str | None, all_models: bool, models_dir: Path | None) -> None:
         if not info or not info.get("complete"):
             click.echo(f"Skipped {model.root.name}: install incomplete (run install again to resume).")
             continue
-        render_wrappers(model, info)
+        try:
+            render_wrappers(model, check_info(info, model.info_path))
+        except DamagedInstallError as exc:
+            if not all_models:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"Skipped {model.root.name}: {exc}")
+            continue
         click.echo(f"Updated wrappers of {model.root.name}.")
 
 
@@ -248,7 +255,7 @@ def fix(target: str, fix_cuda: bool, models_dir: Path | None) -> None:
         repair.fix_model_dir(model, click.echo)
         if fix_cuda:
             repair.fix_cuda(click.echo)
-    except repair.FixError as exc:
+    except _user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import UserError
-from .model_dir import ModelDir
+from .model_dir import ModelDir, check_info
 from .render import render_wrappers
 
 
@@ -25,7 +25,7 @@ def fix_model_dir(model: ModelDir, echo: Callable[[str], None]) -> None:
     info = model.read_info()
     if not info or not info.get("complete"):
         raise FixError(f"{model.root} is not a complete install; run `llm-installer install` again to resume it.")
-    render_wrappers(model, info)
+    render_wrappers(model, check_info(info, model.info_path))
     echo(f"Wrappers of {model.root.name} re-rendered; install is complete.")
 
 

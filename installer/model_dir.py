@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 INFO_FILE = "model_info.json"
 INCOMPLETE_MARKER = ".install-incomplete"
 WEIGHTS_SUBDIR = "model"
@@ -31,6 +33,32 @@ def write_json_atomic(path: Path, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# What train.sh/start.sh are rendered from: a model_info.json without these cannot be repaired by `fix`.
+REQUIRED_INFO = {"source": str, "handler": str, "defaults": dict}
+REQUIRED_DEFAULTS = ("dtype", "device", "quantization")
+
+
+class DamagedInstallError(UserError, ValueError):
+    """model_info.json lacks what the wrappers are rendered from."""
+
+
+def check_info(info: dict, path: Path) -> dict:
+    """`info` when it has every key the wrappers need, else DamagedInstallError naming the first missing one."""
+    for key, kind in REQUIRED_INFO.items():
+        if not isinstance(info.get(key), kind):
+            raise DamagedInstallError(
+                f"{path} has no valid '{key}' (the file was edited or damaged); reinstall the model with "
+                "`llm-installer install MODEL --force` (adapters in ./lora are kept)."
+            )
+    missing = [key for key in REQUIRED_DEFAULTS if not isinstance(info["defaults"].get(key), str)]
+    if missing:
+        raise DamagedInstallError(
+            f"{path} has no defaults.{missing[0]} (the file was edited or damaged); reinstall the model with "
+            "`llm-installer install MODEL --force` (adapters in ./lora are kept)."
+        )
+    return info
 
 
 def is_weight_file(name: str) -> bool:

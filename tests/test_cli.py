@@ -197,3 +197,38 @@ def test_fix_rerenders_wrappers_and_explains_missing_cuda(cli, model_dir):
         cuda = cli("fix", str(model_dir), "--fix-cuda")
         assert cuda.exit_code == 1 and "sees no CUDA GPU" in cuda.output
     assert cli("fix", "no-such-model").exit_code == 1
+
+
+def _one_sentence(result) -> None:
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_bad_model_ids_are_refused_before_anything_is_created(cli, tmp_path):
+    long_id = "a" * 300 + "/" + "b" * 299
+    _one_sentence(result := cli("install", long_id))
+    assert "not a valid Hub id" in result.output and "600 characters" in result.output
+    _one_sentence(result := cli("check", long_id))
+    _one_sentence(result := cli("install", "/" + "c" * 599))
+    assert "No such model directory" in result.output
+    _one_sentence(result := cli("install", "builtin:tiny-chat", "--name", "n" * 600))
+    assert "too long" in result.output or "255" in result.output
+    _one_sentence(result := cli("install", "builtin:nope"))
+    assert "Unknown built-in model 'nope'" in result.output and "smollm2-135m" in result.output
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert "No models installed" in cli("list").output
+
+
+@pytest.mark.e2e
+def test_fix_and_update_on_a_damaged_model_info(cli, builtin_model_dir, tmp_path):
+    from conftest import copy_installed
+
+    model = copy_installed(builtin_model_dir, _models(tmp_path) / "damaged")
+    info = json.loads((model / "model_info.json").read_text())
+    del info["source"]
+    (model / "model_info.json").write_text(json.dumps(info))
+    _one_sentence(result := cli("fix", str(model)))
+    assert "no valid 'source'" in result.output and "--force" in result.output
+    _one_sentence(cli("update", "damaged"))
+    skipped = cli("update", "--all")
+    assert skipped.exit_code == 0 and "Skipped damaged" in skipped.output
