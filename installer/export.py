@@ -312,8 +312,17 @@ def _provenance(job: Job) -> dict:
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "llm_installer": __version__}
 
 
+def _open_permissions(built: Path) -> None:
+    """Temporary files and directories are private (0600/0700); the export gets the user's usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [built, *built.rglob("*")] if built.is_dir() else [built]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _publish(built: Path, target: Path) -> None:
     """Rename the finished export onto `target`; an earlier export there is removed only afterwards."""
+    _open_permissions(built)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

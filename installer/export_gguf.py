@@ -49,8 +49,9 @@ def convert_model(job: Job, dest: Path, staging: Path) -> None:
         save_merged(job, model, tokenizer, source, dtype)
         del model
     job.echo(f"Converting to GGUF ({job.outtype}) with {llamacpp.HF_CONVERTER} ({converter.origin}) ...")
-    llamacpp.run(converter, llamacpp.HF_CONVERTER, [str(source), "--outfile", str(dest), "--outtype", job.outtype],
-                 _log_path(job, llamacpp.HF_CONVERTER))
+    name = job.name if job.adapter is None else f"{job.name}-{job.tag}"  # else the merged copy's "merged"
+    llamacpp.run(converter, llamacpp.HF_CONVERTER, [str(source), "--outfile", str(dest), "--outtype", job.outtype,
+                                                    "--model-name", name], _log_path(job, llamacpp.HF_CONVERTER))
 
 
 def write_gguf(job: Job, dest: Path, staging: Path) -> None:

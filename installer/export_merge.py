@@ -53,8 +53,8 @@ def load_merged(job: Job, dtype: str):
 
         try:
             model = PeftModel.from_pretrained(model, str(job.adapter.path))
-        except RuntimeError as exc:
-            if "size mismatch" not in str(exc):
+        except (RuntimeError, ValueError) as exc:  # PEFT's words for "made for another model"
+            if "size mismatch" not in str(exc) and "not found in the base model" not in str(exc):
                 raise
             raise ExportError(f"The adapter in {job.adapter.path} does not fit this model's layers (it was trained on "
                               f"a model of another shape).") from exc

