@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .demo import DEFAULT_MODEL as DEMO_MODEL
+from .demo import RECIPES as DEMO_RECIPES
 from .export import FORMATS, OUTTYPES
 from .model_dir import ModelDir, installed_models
 from .settings import DEVICES, DTYPES, QUANTIZATIONS, SettingsError, models_dir, validate_name
@@ -139,6 +141,30 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
         f"{human_bytes(result.model_dir.disk_bytes())} on disk)."
     )
     click.echo(f"Next: cd {shlex.quote(str(result.model_dir.root))} && ./train.sh --data 'data/*.json' && ./start.sh")
+
+
+@cli.command()
+@click.option("--model", type=click.Choice(list(DEMO_RECIPES)), default=DEMO_MODEL, show_default=True,
+              help="Built-in model to use (tiny-chat: seconds, but a toy that knows only what it is taught).")
+@MODELS_DIR_OPTION
+def demo(model: str, models_dir: Path | None) -> None:
+    """Install a built-in model, fine-tune it on the bundled examples, serve it and compare its answers
+    before and after training, printing every command it runs. Offline; a few minutes on 2 CPU cores.
+
+    \b
+    Example:
+      llm-installer demo
+      llm-installer demo --model builtin:tiny-chat
+    """
+    from .demo import run_demo
+
+    try:
+        run_demo(model, _root(models_dir), echo=click.echo)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: the model directory is kept; run the demo again to redo the steps.", err=True)
+        sys.exit(130)
 
 
 @cli.command(name="list")
