@@ -183,17 +183,23 @@ def _choose_adapter(job: Job, adapter: Path | None, no_lora: bool):
 
 
 def _note_quantized(job: Job, adapter_path: Path) -> None:
-    """Adapters trained with QLoRA/8-bit merge into the full-precision weights in model/: say so."""
+    """Adapters trained with QLoRA/8-bit, or installs that run quantized, merge into the full-precision
+    weights in model/: say so."""
     try:
         hyper = json.loads((adapter_path / "adapter_info.json").read_text(encoding="utf-8")).get("hyperparameters", {})
     except (OSError, ValueError):
         hyper = {}
-    quantized = ("4-bit (QLoRA)" if hyper.get("method") == "qlora" else "8-bit" if hyper.get("use_8bit") else
-                 (job.info.get("defaults") or {}).get("quantization", "none"))
-    if quantized not in (None, "none") and job.fmt != "lora-gguf":
-        job.note(f"This model runs {quantized} quantized by default: the adapter is merged into the unquantized "
-                 f"weights in {job.model.weights}, so the export is full precision"
-                 + (" (quantize it with --format gguf --outtype q8_0)." if job.fmt == "merged" else "."))
+    default = (job.info.get("defaults") or {}).get("quantization", "none")
+    if hyper.get("method") == "qlora" or hyper.get("use_8bit"):
+        how = f"The adapter was trained on {'4-bit (QLoRA)' if hyper.get('method') == 'qlora' else '8-bit'} weights"
+    elif default not in (None, "none"):
+        how = f"This model is set to run {default} quantized"
+    else:
+        return
+    if job.fmt != "lora-gguf":
+        job.note(f"{how}: the adapter is merged into the unquantized weights in {job.model.weights}, so the export "
+                 f"is full precision" + (" (quantize it with --format gguf --outtype q8_0)." if job.fmt == "merged"
+                                         else "."))
 
 
 def default_filename(job: Job) -> str:

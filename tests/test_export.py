@@ -155,7 +155,12 @@ def test_quantized_install_merges_into_full_precision_weights(tiny_llama_dir, tm
     add_adapter(root)
     said = []
     result = export_model(root, "merged", echo=said.append)
-    assert any("4bit quantized" in line and "unquantized weights" in line for line in said)
+    assert any("set to run 4bit quantized" in line and "unquantized weights" in line for line in said)
+    info = json.loads((root / "lora" / "adapter_info.json").read_text())
+    (root / "lora" / "adapter_info.json").write_text(json.dumps({**info, "hyperparameters": {"method": "qlora"}}))
+    said.clear()
+    export_model(root, "merged", echo=said.append)
+    assert any("trained on 4-bit (QLoRA) weights" in line for line in said)
     assert result.notes and (result.path / "model.safetensors").is_file()
 
 
