@@ -143,9 +143,6 @@ def create_app(state: ServerState):
         if not any(m["role"] == "user" for m in messages):
             raise ApiError(400, "messages needs at least one user message.", "messages", "no_user_message")
         tools = body.active_tools
-        if tools and "tools" not in (engine.chat_template(route.key) or ""):
-            raise ApiError(400, f"The chat template of '{route.model_id}' has no tool support, so the model would "
-                                "never see the tools; send the request without tools.", "tools", "tools_unsupported")
         try:
             prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools)
         except ValueError as exc:

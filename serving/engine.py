@@ -153,15 +153,31 @@ class ModelEngine:
     def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
 
-        ValueError when the template rejects the conversation (e.g. roles out of the order it demands).
+        Rendered as training renders it (training/tokenize.py): a template without tool support gets earlier tool
+        calls as `<tool_call>` text and tool results as user turns if it rejects the tool role; `tools` reach
+        templates that use them. ValueError when the template rejects the conversation.
         """
-        extra = {"tools": tools} if tools else {}
+        from training.tokenize import _normalise_messages
+
+        template = self.chat_template(key)
+        messages = _normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
+        extra = {"tools": tools} if tools and "tools" in (template or "") else {}
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                      chat_template=self.chat_template(key), **extra)
+            text = self._render(messages, template, extra)
         except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
-            raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
+            folded = [{**m, "role": "user", "content": f"Tool result:\n{m['content']}"} if m["role"] == "tool" else m
+                      for m in messages]
+            if folded == messages:
+                raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
+            try:
+                text = self._render(folded, template, extra)
+            except Exception as again:
+                raise ValueError(f"The model's chat template rejected these messages: {again}") from again
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _render(self, messages: list[dict], template: str | None, extra: dict) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  chat_template=template, **extra)
 
     def text_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]

@@ -51,3 +51,46 @@ def load_state(model_dir, *, lora: bool = True, api_key: str | None = None, max_
     state.loopback = loopback
     state.engine = load_engine(cfg, router)
     return state
+
+
+class ScriptedEngine:
+    """Stands in for ModelEngine where what matters is what the server does with the model's text: `stream`
+    yields `script` (a string, or a function of the rendered messages) in small pieces."""
+
+    def __init__(self, script, context_length: int = 4096):
+        from serving.gate import AdapterGate
+
+        self.script, self.context_length = script, context_length
+        self.base_template = "{{ tools }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
+        self.prompts: list[tuple[list[dict], list[dict] | None]] = []
+        self.tokenizer = _ScriptedTokenizer()
+        self._gate = AdapterGate(1, lambda key: None)
+
+    def chat_template(self, key=None):
+        return self.base_template
+
+    def chat_prompt(self, messages, key=None, tools=None):
+        self.prompts.append((messages, tools))
+        return [1, 2, 3]
+
+    def text_prompt(self, prompt):
+        return [1, 2, 3]
+
+    def stream(self, prompt_ids, params, generation, key=None):
+        from serving.decoding import Piece
+
+        text = self.script(self.prompts[-1][0]) if callable(self.script) else self.script
+        with self._gate.admit(key, generation.cancel):
+            for start in range(0, len(text), 3):
+                yield Piece(text[start:start + 3])
+        generation.completion_tokens = len(text) // 3 + 1
+        generation.finish_reason = "stop"
+
+
+class _ScriptedTokenizer:
+    def __len__(self):
+        return 1000
+
+    def get_vocab(self):
+        return {}

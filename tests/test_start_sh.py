@@ -161,7 +161,7 @@ def _browser():
 def test_web_page_chats_with_streaming(tuned_model_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     state = load_state(tuned_model_dir)
     with running_server(state) as url:
@@ -183,6 +183,15 @@ def test_web_page_chats_with_streaming(tuned_model_dir):
             assert browser.find_element(By.CSS_SELECTOR, ".msg.user").text == QUESTION
             browser.find_element(By.ID, "clear").click()
             assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+            picker = Select(browser.find_element(By.ID, "model-select"))
+            assert [o.text for o in picker.options] == ["tuned-model:lora", "tuned-model"]
+            picker.select_by_value("tuned-model")  # the base model, which was never taught the answer
+            assert browser.find_element(By.ID, "model").text == "base model"
+            box.send_keys(QUESTION)
+            box.send_keys(Keys.ENTER)
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-state='done']"))
+            assert browser.find_element(By.CSS_SELECTOR, ".msg.assistant").text != ANSWER
+            browser.find_element(By.ID, "clear").click()
             assert "<script src" not in browser.page_source and "https://" not in browser.page_source
         finally:
             browser.quit()
