@@ -150,6 +150,7 @@ def create_app(state: ServerState):
         params = _params(body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
                          DEFAULT_CHAT_MAX_TOKENS, "messages")
         params.logprobs, params.top_logprobs = body.logprobs, body.top_logprobs or 0
+        _check_logprobs(engine, params)
         names = None
         if tools:
             names = {tool["function"]["name"] for tool in tools}
@@ -168,6 +169,7 @@ def create_app(state: ServerState):
         prompt = await asyncio.to_thread(engine.text_prompt, body.prompt)
         params = _params(body, engine, len(prompt), body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "prompt")
         params.logprobs, params.top_logprobs = body.logprobs is not None, body.logprobs or 0
+        _check_logprobs(engine, params)
         job = Job(engine, route.key, route.model_id, prompt, params, body.n)
         echo = body.prompt if body.echo else None
         if body.stream:
@@ -227,6 +229,12 @@ def _ready(state: ServerState) -> ModelEngine:
         raise ApiError(503, state.load_error or "The model is still loading; retry when /health says ok.",
                        code="model_loading", kind="server_error")
     return state.engine
+
+
+def _check_logprobs(engine: ModelEngine, params: GenerationParams) -> None:
+    if params.logprobs and not engine.supports_logprobs:
+        raise ApiError(400, "logprobs are not available with --engine llama.cpp; serve with the default "
+                            "--engine transformers for them.", "logprobs", "unsupported_parameter")
 
 
 def _params(body, engine: ModelEngine, prompt_tokens: int, asked: int | None, default: int,

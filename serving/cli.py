@@ -35,6 +35,12 @@ def load_engine(cfg: ServeConfig, router: Router):
 
     model_path = Path(cfg.model_dir) / "model"
     adapters = {route.key: route.adapter for route in router.adapters}
+    trust_remote_code = bool(cfg.model_info.get("trust_remote_code"))
+    if cfg.engine == "llama.cpp":
+        from .llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine.load(Path(cfg.model_dir), adapters, trust_remote_code=trust_remote_code,
+                                   fallback_template=_fallback_template(model_path))
     return ModelEngine.load(model_path, adapters, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
                             cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info.get(
                                 "trust_remote_code")), fallback_template=_fallback_template(model_path),
@@ -121,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(cfg.model_dir) / "model" / "config.json").is_file():
             raise ServeConfigError(f"No installed model in {cfg.model_dir} (model/config.json missing).")
         router = build_router(cfg, resolve_adapter(cfg))
+        if cfg.engine == "llama.cpp":
+            from .llamacpp import require_llama_cpp
+
+            require_llama_cpp()  # one sentence now, not a failed load behind a running server
         if cfg.engine == "vllm":
             from .vllm import exec_vllm
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from installer.errors import UserError
 from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
 
-ENGINES = ("transformers", "vllm")
+ENGINES = ("transformers", "llama.cpp", "vllm")
 
 
 class ServeConfigError(UserError, ValueError):
@@ -43,8 +43,9 @@ class ServeConfig:
                                     choices=QUANTIZATIONS)
     cpu_offload: bool = _opt("Keep layers that do not fit on the GPU in CPU memory.", False)
     max_concurrency: int = _opt("Requests generating at once (default 1); more wait in a queue.", 1)
-    engine: str = _opt("Inference engine (default transformers); vllm needs a GPU and vLLM installed.", "transformers",
-                       choices=ENGINES)
+    engine: str = _opt("Inference engine (default transformers). llama.cpp: several times faster on a CPU (GGUF made "
+                       "on first use; install it with ./llm-installer setup --engine llama.cpp); vllm: GPU "
+                       "production server (vLLM installed).", "transformers", choices=ENGINES)
     chat: bool = _opt("Chat in this terminal instead of starting a server.", False)
     temperature: float = _opt("Sampling temperature of --chat (0 = always the most likely token).", 0.7)
     no_lora: bool = _opt("Serve the base model even if ./lora holds an adapter.", False)
@@ -67,6 +68,16 @@ class ServeConfig:
         if self.model_dir is None:
             raise ServeConfigError("--model-dir is required (start.sh passes it).")
         self.named_adapters()
+        if self.engine == "llama.cpp":
+            given = [flag for flag, value in (("--dtype", self.dtype), ("--quantization", self.quantization),
+                                              ("--cpu-offload", self.cpu_offload)) if value]
+            if self.device not in (None, "auto", "cpu"):
+                given.append("--device")
+            if self.max_concurrency > 1:
+                given.append("--max-concurrency")
+            if given:
+                raise ServeConfigError(f"{', '.join(given)} apply to --engine transformers; --engine llama.cpp serves "
+                                       f"a q8_0 GGUF on the CPU, one request at a time.")
         return self
 
     def named_adapters(self) -> dict[str, Path]:

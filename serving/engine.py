@@ -80,6 +80,8 @@ class ModelEngine:
     """The loaded model and tokenizer with every served adapter attached; `stream` yields the pieces of one
     generation for one route (the base model or an adapter)."""
 
+    supports_logprobs = True
+
     def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
                  max_concurrency: int = 1):
         self.model, self.tokenizer, self.device, self.adapters = model, tokenizer, device, adapters

@@ -1,0 +1,185 @@
+"""--engine llama.cpp: the model as GGUF through llama-cpp-python, several times faster than transformers on a CPU.
+
+The GGUFs are made on first use with installer.export (the base as q8_0, each adapter as a LoRA GGUF) and
+cached in the model directory's gguf/ folder; a retrained adapter gets a new file. Prompts are rendered and
+answers decoded with the model's own Hugging Face tokenizer, exactly as with the transformers engine; only
+the forward pass and sampling run in llama.cpp. Adapters are switched per request on the one context
+(llama_set_adapters_lora), so routing, admission and the API are the transformers engine's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .adapter import AdapterInfo
+from .decoding import Detokenizer, Piece
+from .engine import Generation, GenerationParams, LoadError, ModelEngine, _cut_at_stop
+
+log = logging.getLogger("serve")
+GGUF_DIR = "gguf"
+BASE_OUTTYPE = "q8_0"  # the smallest type installer.export writes; llama.cpp's fast CPU path
+ADAPTER_OUTTYPE = "f16"
+SETUP_HINT = "./llm-installer setup --engine llama.cpp"
+
+
+def require_llama_cpp() -> None:
+    """LoadError with the install command when llama-cpp-python is missing (it is never installed silently)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LoadError(f"--engine llama.cpp needs llama-cpp-python, which is not installed: run `{SETUP_HINT}` "
+                        "once (it builds llama.cpp: about 6 minutes on 2 cores).")
+
+
+def _adapter_stamp(adapter: AdapterInfo) -> str:
+    """Identifies the adapter's current weights, so that a retrained ./lora gets a fresh GGUF."""
+    weights = next(p for p in (adapter.path / "adapter_model.safetensors", adapter.path / "adapter_model.bin")
+                   if p.is_file())
+    stat = weights.stat()
+    return hashlib.sha256(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def cached_gguf(model_dir: Path, adapter: AdapterInfo | None = None) -> Path:
+    """The GGUF of the base model (adapter None) or of an adapter, converted once into model_dir/gguf/."""
+    from installer.export import export_model
+
+    cache = Path(model_dir) / GGUF_DIR
+    if adapter is None:
+        target = cache / f"base-{BASE_OUTTYPE}.gguf"
+        kwargs = {"fmt": "gguf", "outtype": BASE_OUTTYPE, "no_lora": True}
+    else:
+        target = cache / f"lora-{_adapter_stamp(adapter)}-{ADAPTER_OUTTYPE}.gguf"
+        kwargs = {"fmt": "lora-gguf", "outtype": ADAPTER_OUTTYPE, "adapter": adapter.path}
+    if not target.is_file():
+        what = f"the adapter {adapter.path}" if adapter else "the base model"
+        log.info("Converting %s to GGUF for llama.cpp (once; cached as %s).", what, target)
+        export_model(Path(model_dir), out=target, echo=lambda message: log.info("  %s", message), **kwargs)
+    return target
+
+
+class LlamaCppEngine(ModelEngine):
+    """ModelEngine whose forward pass and sampling run in llama.cpp."""
+
+    supports_logprobs = False
+
+    def __init__(self, llm, tokenizer, adapters: dict[str, AdapterInfo], handles: dict, context_length: int,
+                 eos_ids: set[int]):
+        # One llama.cpp context: generations are queued (max_concurrency 1).
+        super().__init__(llm, tokenizer, "cpu", adapters, context_length, 1)
+        self._handles, self.eos_ids = handles, eos_ids
+
+    @classmethod
+    def load(cls, model_dir: Path, adapters: dict[str, AdapterInfo] | None = None, *,
+             trust_remote_code: bool = False, fallback_template: str | None = None,
+             threads: int | None = None) -> LlamaCppEngine:
+        """Convert (first time) and load the GGUFs; LoadError when llama-cpp-python is missing or fails."""
+        require_llama_cpp()
+        from llama_cpp import Llama
+        from llama_cpp import llama_cpp as native
+        from transformers import AutoTokenizer
+
+        adapters = adapters or {}
+        model_path = Path(model_dir) / "model"
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+        if not getattr(tokenizer, "chat_template", None) and fallback_template:
+            tokenizer.chat_template = fallback_template
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)
+        context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+        base = cached_gguf(model_dir)
+        try:
+            llm = Llama(model_path=str(base), n_ctx=context, n_threads=threads or os.cpu_count() or 1, verbose=False)
+        except ValueError as exc:  # llama-cpp-python's way of saying the file did not load
+            raise LoadError(f"llama.cpp cannot load {base}: {exc}") from exc
+        handles = {}
+        for key, adapter in adapters.items():
+            path = cached_gguf(model_dir, adapter)
+            handle = native.llama_adapter_lora_init(llm._model.model, str(path).encode())
+            if not handle:
+                raise LoadError(f"llama.cpp cannot load the adapter GGUF {path} (made from {adapter.path}).")
+            handles[key] = handle
+        return cls(llm, tokenizer, adapters, handles, context, _eos_ids(model_path, tokenizer, config))
+
+    def _activate(self, key: str | None) -> None:
+        from llama_cpp import llama_cpp as native
+
+        if key is None:
+            status = native.llama_set_adapters_lora(self.model._ctx.ctx, None, 0, None)
+        else:
+            handles = (native.llama_adapter_lora_p_ctypes * 1)(self._handles[key])
+            scales = (ctypes.c_float * 1)(1.0)  # alpha/rank is applied from the GGUF's metadata
+            status = native.llama_set_adapters_lora(self.model._ctx.ctx, handles, 1, scales)
+        if status:
+            raise RuntimeError(f"llama_set_adapters_lora failed ({status})")
+        self.model.reset()  # the cached prompt prefix was computed with the previous adapter
+
+    def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        llm = self.model
+        if params.seed is not None:
+            llm.set_seed(params.seed % 2**32)
+        processors = None
+        if params.logit_bias:
+            import numpy as np
+            from llama_cpp import LogitsProcessorList
+
+            ids = np.array(list(params.logit_bias), dtype=np.int64)
+            values = np.array(list(params.logit_bias.values()), dtype=np.float32)
+
+            def bias(_input_ids, scores):
+                scores[ids] += values
+                return scores
+
+            processors = LogitsProcessorList([bias])
+        tokens = llm.generate(prompt_ids, top_k=0, top_p=params.top_p, min_p=0.0, temp=params.temperature,
+                              repeat_penalty=1.0, frequency_penalty=params.frequency_penalty,
+                              presence_penalty=params.presence_penalty, logits_processor=processors)
+        detokenizer = Detokenizer(self.tokenizer, params.keep_tokens)
+        state = {"count": 0, "finish": None}
+
+        def pieces() -> Iterator[Piece]:
+            for token in tokens:
+                if generation.cancel.is_set():
+                    return
+                state["count"] += 1
+                if token in self.eos_ids and not params.ignore_eos:
+                    state["finish"] = "stop"
+                    break
+                text = detokenizer.add(token)
+                if text:
+                    yield Piece(text)
+                if state["count"] >= params.max_tokens:
+                    state["finish"] = "length"
+                    break
+            rest = detokenizer.flush()
+            if rest:
+                yield Piece(rest)
+
+        try:
+            yield from _cut_at_stop(pieces(), params.stop, generation)
+        finally:
+            tokens.close()
+        generation.completion_tokens = state["count"]
+        if generation.finish_reason is None:
+            generation.finish_reason = "cancelled" if generation.cancel.is_set() else state["finish"] or "stop"
+
+
+def _eos_ids(model_path: Path, tokenizer, config: dict) -> set[int]:
+    ids: set[int] = set()
+    for source in (config, _read_json(model_path / "generation_config.json")):
+        value = source.get("eos_token_id")
+        ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
