@@ -42,6 +42,13 @@ def convert_model(job: Job, dest: Path, staging: Path) -> None:
     if needs_merged_copy(job):
         from .export_merge import load_merged, save_merged
 
+        # The vocabulary alone converts in seconds and meets the usual refusals (unknown architecture or
+        # tokenizer) before a merge that takes minutes on a large model.
+        job.echo(f"Checking that {llamacpp.HF_CONVERTER} knows this architecture and tokenizer ...")
+        llamacpp.run(converter, llamacpp.HF_CONVERTER, [str(source), "--vocab-only", "--outfile",
+                                                        str(staging / "vocab-check.gguf")],
+                     _log_path(job, llamacpp.HF_CONVERTER))
+
         dtype = intermediate_dtype(job)
         model, tokenizer = load_merged(job, dtype)
         source = staging / "merged"

@@ -162,19 +162,22 @@ def test_ollama_directory_and_create_with_a_fake_ollama(tiny_smol, converter, cl
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "for-ollama"
+    # The base model alone (it carries its template, so it converts without a merged copy; the merge is
+    # covered above): what the Modelfile and `ollama create` see is the same.
     result = cli("export", str(tiny_smol), "--format", "ollama", "--outtype", "q8_0", "--out", str(out),
-                 "--create", "my-tuned")
+                 "--create", "my-tuned", "--no-lora")
     assert result.exit_code == 0, result.output
     assert "Modelfile: ChatML template" in result.output and "ollama run my-tuned" in result.output
     called = json.loads(record.read_text())
     assert called["args"] == ["create", "my-tuned", "-f", "Modelfile"] and Path(called["cwd"]) == out
     modelfile = (out / "Modelfile").read_text()
     assert called["modelfile"] == modelfile
-    assert "FROM ./tiny-tuned-q8_0.gguf\n" in modelfile and (out / "tiny-tuned-q8_0.gguf").is_file()
+    assert "FROM ./tiny-base-q8_0.gguf\n" in modelfile and (out / "tiny-base-q8_0.gguf").is_file()
     assert 'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}' in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in modelfile
-    assert gguf_fields(out / "tiny-tuned-q8_0.gguf")["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert gguf_fields(out / "tiny-base-q8_0.gguf")["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert "--no-lora: exporting the base model" in result.output and "Checking that" not in result.output
     assert json.loads((out / "export_info.json").read_text())["format"] == "ollama"
 
 
@@ -204,6 +207,7 @@ def test_unknown_pre_tokenizer_is_one_sentence_and_leaves_nothing(tiny_llama_dir
     message = result.output.strip().splitlines()[-1]
     assert "does not recognise this model's tokenizer" in message and "--llama-cpp" in message
     assert "full output in" in message and "Traceback" not in result.output
+    assert "Loading" not in result.output  # refused by the vocabulary check, before the merge
     assert not list((root / "exports").iterdir())
 
 
