@@ -133,11 +133,14 @@ def test_vllm_refuses_ranks_above_512():
 
 def test_terminal_chat(tuned_model_dir):
     result = subprocess.run([str(tuned_model_dir / "start.sh"), "--chat", "--temperature", "0"],
-                            input=f"{QUESTION}\n/clear\n/exit\n",
+                            input=f"{QUESTION}\n/model\n/model nope\n/model tuned-model\n/clear\n/exit\n",
                             capture_output=True, text=True, timeout=120, env={**os.environ, "LLM_API_KEY": ""})
     assert result.returncode == 0, result.stderr
     assert f"Chatting with tuned-model:lora (adapter {tuned_model_dir / 'lora'})" in result.stdout
     assert "(chat cleared)" in result.stdout
+    assert "* tuned-model:lora (adapter" in result.stdout and "  tuned-model (base model)" in result.stdout
+    assert "The model 'nope' does not exist" in result.stdout
+    assert "(now chatting with tuned-model (base model))" in result.stdout
     assert f"> {ANSWER}\n" in result.stdout
 
 
