@@ -243,3 +243,48 @@ def test_real_smollm2_gguf_answers_like_start_sh(converter, tmp_path, cli):
     assert_gguf_answers_like_start_sh(root, root / "exports" / "smollm2-tuned-f32.gguf", new_tokens=20,
                                       check_tokenizer=True)
     assert sizes["f16"] < 0.55 * sizes["f32"] and sizes["q8_0"] < 0.6 * sizes["f16"]
+
+
+def _greedy_transformers(model_root: Path, ids, new_tokens: int) -> list[int]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_root / "model"), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(model_root / "lora")).eval()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def _greedy_llama_cpp(model: Path, prompt: list[int], new_tokens: int, lora: Path | None = None) -> list[int]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=2,
+                verbose=False, logits_all=False)
+    tokens = []
+    for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        tokens.append(token)
+        if len(tokens) == new_tokens:
+            break
+    return tokens
+
+
+@pytest.mark.real_model
+@pytest.mark.e2e
+def test_llama_cpp_answers_like_start_sh(tiny_smol, converter):
+    """Where llama-cpp-python is installed: the merged GGUF, and the base GGUF + LoRA GGUF, generate greedily
+    in llama.cpp exactly what base + adapter generates in transformers."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from installer.export import export_model
+
+    quiet = {"echo": lambda _m: None}
+    merged = export_model(tiny_smol, "gguf", outtype="f32", **quiet).path
+    base = export_model(tiny_smol, "gguf", outtype="f32", no_lora=True, **quiet).path
+    lora = export_model(tiny_smol, "lora-gguf", outtype="f32", **quiet).path
+    ids = _prompt(AutoTokenizer.from_pretrained(str(tiny_smol / "model")))
+    expected = _greedy_transformers(tiny_smol, ids, 8)
+    assert _greedy_llama_cpp(merged, ids[0].tolist(), 8) == expected
+    assert _greedy_llama_cpp(base, ids[0].tolist(), 8, lora=lora) == expected
