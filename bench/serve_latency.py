@@ -57,7 +57,7 @@ def api_stream(client, prompt: str, tokens: int) -> tuple[float, float, int]:
     """(time to first token, tokens per second, completion tokens) of one streamed chat request."""
     started = time.perf_counter()
     first, usage = None, 0
-    stream = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": prompt}],
+    stream = client.chat.completions.create(model=client.served_model, messages=[{"role": "user", "content": prompt}],
                                             max_tokens=tokens, temperature=0, stream=True,
                                             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     for chunk in stream:
@@ -132,6 +132,7 @@ def main() -> None:
             server = start_server(model_dir, port, concurrency)
             try:
                 client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+                client.served_model = client.models.list().data[0].id  # the server's default model id
                 api_stream(client, "warm up", 8)
                 if concurrency == 1:
                     api = [api_stream(client, p, args.tokens) for p in prompts]
@@ -152,6 +153,10 @@ def main() -> None:
                     label = f"parallel generate threads (--max-concurrency {concurrency})"
                 print(f"  {args.concurrency} concurrent clients, {label}: {many_tokens} tokens, {errors} errors, "
                       f"aggregate {many:.1f} tokens/s = x{many / single:.2f} of one client ({single:.1f} tokens/s)")
+                if concurrency == 1:
+                    most, most_tokens, errors = concurrent_clients(client, 32, args.tokens)
+                    print(f"  32 concurrent clients, {label}: {most_tokens} tokens, {errors} errors, "
+                          f"aggregate {most:.1f} tokens/s = x{most / single:.2f} of one client")
             finally:
                 server.terminate()
                 server.wait(timeout=30)
