@@ -32,12 +32,19 @@ def test_transformers_only_flags_are_refused_with_llama_cpp(tmp_path, flags):
 @pytest.fixture(scope="module")
 def smollm2_with_adapter(tmp_path_factory):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed on demand (setup --engine llama.cpp)")
-    from real_model import smollm2_model_dir
+    from real_model import smollm2_model_dir, test_cache_root
     from test_export import add_adapter, install_local
 
+    from installer import llamacpp
+
+    converter = test_cache_root() / "llama.cpp" / llamacpp.LLAMA_CPP_PYTHON_VERSION  # shared with the export tests
+    if not (converter / llamacpp.COMPLETE_MARKER).is_file():
+        llamacpp.fetch(converter, echo=lambda _m: None)
     root = install_local(smollm2_model_dir(), tmp_path_factory.mktemp("llamacpp") / "models", "smollm2")
     add_adapter(root, rank=8)
-    return root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(llamacpp.CHECKOUT_ENV, str(converter))
+        yield root
 
 
 @pytest.mark.real_model
