@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _processes(config) -> int:
-    from training.launch import resolve_processes
+    from training.launch import check_strategy, resolve_processes
 
-    return resolve_processes(config.num_processes, config.device)
+    processes = resolve_processes(config.num_processes, config.device)
+    check_strategy(config.strategy, processes, config.device)
+    return processes
 
 
 def _launch(config, processes: int, argv: list[str]) -> int:

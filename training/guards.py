@@ -15,7 +15,7 @@ from installer.units import human_bytes
 LOCK_NAME = ".train.lock"
 HELD_ENV = "LLM_INSTALLER_TRAIN_LOCK_HELD"  # set for workers whose launcher holds the lock
 DISK_MARGIN = 1.5  # estimates are rough: ask for half as much again
-FIXED_BYTES = 64 * 1024 ** 2  # logs, plots, TensorBoard events, tokenizer copies
+FIXED_BYTES = 16 * 1024 ** 2  # logs, plots, TensorBoard events
 
 
 class BusyError(UserError):

@@ -71,6 +71,14 @@ def resolve_processes(requested: int | None, device: str) -> int:
     return 1
 
 
+def check_strategy(strategy: str, processes: int, device: str) -> None:
+    """FSDP and DeepSpeed shard across CUDA GPUs; refuse them elsewhere before any work starts."""
+    if processes <= 1 or strategy == "ddp":
+        return
+    if device in ("cpu", "mps") or (device == "auto" and not visible_gpus()):
+        raise LaunchError(f"--strategy {strategy} needs CUDA GPUs; on the CPU use --strategy ddp.")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -271,13 +271,13 @@ class Trainer:
 
     def _status_line(self, train_loss: float, val_loss: float | None) -> str:
         elapsed = int(self.state.elapsed)
-        parts = [f"{'Evaluation' if val_loss is not None else 'Check (no validation set)'} #{self.state.evals}",
-                 f"Step {self.state.step}", f"Time: {elapsed // 3600:02d}:{elapsed % 3600 // 60:02d}:"
-                 f"{elapsed % 60:02d}", f"Train Loss: {train_loss:.4f}"]
+        parts = [f"Evaluation #{self.state.evals}", f"Step {self.state.step}",
+                 f"Time: {elapsed // 3600:02d}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}",
+                 f"Train Loss: {train_loss:.4f}"]
         if val_loss is not None:
             parts.append(f"Val Loss: {val_loss:.4f}")
-            if self.monitor.rules.watch_perplexity:
-                parts.append(f"Perplexity: {math.exp(min(val_loss, 50)):.1f}")
+        if self.monitor.rules.watch_perplexity:
+            parts.append(f"Perplexity: {math.exp(min(train_loss if val_loss is None else val_loss, 50)):.1f}")
         parts += [f"Best {'Val' if val_loss is not None else 'Train'}: {self.monitor.best_val:.4f}",
                   f"Patience: {self.monitor.bad_evals}/{self.monitor.rules.patience}"]
         return " | ".join(parts)
@@ -287,14 +287,17 @@ class Trainer:
         recent = [h.get("monitored", h["val_loss"]) for h in self.monitor.history[-3:]]
         if not improved and self.monitor.bad_evals >= 1 and self.state.lr_scale > ADAPTIVE_MIN_LR_FRACTION:
             self.state.lr_scale *= ADAPTIVE_LR_FACTOR
-            self._change(f"loss plateaued ({recent[-1]:.4f} vs best {self.monitor.best_val:.4f}): "
+            watched = "validation" if self.val_rows else "training"
+            self._change(f"{watched} loss plateaued ({recent[-1]:.4f} vs best {self.monitor.best_val:.4f}): "
                          f"learning rate x{ADAPTIVE_LR_FACTOR} -> {self.plan.learning_rate * self.state.lr_scale:.2e}")
             if self.state.evals_per_epoch < 8:
                 self.state.evals_per_epoch *= 2
                 self._change(f"evaluating more often: {self.state.evals_per_epoch} per epoch")
         elif len(recent) == 3 and recent[0] > recent[1] > recent[2] and self.state.evals_per_epoch > 1:
             self.state.evals_per_epoch //= 2
-            self._change(f"loss falling steadily: evaluating less often, {self.state.evals_per_epoch} per epoch")
+            watched = "validation" if self.val_rows else "training"
+            self._change(f"{watched} loss falling steadily: evaluating less often, "
+                         f"{self.state.evals_per_epoch} per epoch")
 
     def _change(self, message: str) -> None:
         self.state.changes.append(f"step {self.state.step}: {message}")

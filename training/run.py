@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from . import tensorboard_server
 from .autostop import Monitor, rules_for
 from .config import TrainConfig
 from .data_sources import DataError, load_sources
-from .formats import examples_from_source, task_type
+from .formats import examples_from_source, refuse_images, task_type
 from .guards import RunLock, check_disk, disk_full_error, is_disk_full
 from .launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from .loop import StopSignal, Trainer
@@ -67,16 +68,15 @@ def run(cfg: TrainConfig) -> int:
     if not is_main_process():
         return _run(cfg, model_path, output, workdir)
     with RunLock(workdir):
+        for leftover in output.parent.glob(f".{output.name}.tmp-*"):  # a killed run's half-published adapter
+            shutil.rmtree(leftover, ignore_errors=True)
         return _run(cfg, model_path, output, workdir)
 
 
 def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model_config: dict):
     sources, examples = load_examples(cfg)
-    vision = [e for e in examples if e.format == "vision"]
-    if vision and not handler.multimodal:
-        raise DataError(f"{vision[0].origin}, record {vision[0].index + 1}: image examples, but "
-                        f"{info.get('source', model_path.name)} ({handler.name}) is a text-only model; use a "
-                        "multimodal model or remove them.")
+    if not handler.multimodal:
+        refuse_images(examples, f"{info.get('source', model_path.name)} ({handler.name})")
     tokenizer = load_tokenizer(model_path)
     fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
@@ -123,6 +123,9 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         cfg.gradient_checkpointing == "auto" and quantized and handler.gradient_checkpointing)
     row_length = min(max(len(t.input_ids) for t in tokenized), choose_max_length(
         cfg.max_seq_length, handler.max_sequence_length, model_config))
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)  # the LoRA initialisation is the same in every process and every run with this seed
     model = load_base_model(model_path, placement, handler, cfg.method, cfg.use_8bit,
                             info.get("trust_remote_code", False), device=device)
     lengths = [len(t.input_ids) for t in split.train]
@@ -271,8 +274,6 @@ def _tensorboard_writer(workdir: Path, cfg: TrainConfig):
 
 def _copy_logs(workdir: Path, output: Path) -> None:
     """Keep the run's TensorBoard logs with the adapter (./lora/logs, where the guide looks)."""
-    import shutil
-
     source = workdir / "logs" / "training"
     if source.is_dir():
         shutil.copytree(source, output / "logs", dirs_exist_ok=True)
