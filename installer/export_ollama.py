@@ -58,7 +58,15 @@ PHI3 = TemplateFamily(
     "Phi-3", ("<|assistant|>", "<|end|>"),
     "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
     ("<|end|>", "<|user|>", "<|assistant|>", "<|endoftext|>"), ("<|end|>",), r"<\|system\|>\n(.*?)<\|end\|>")
-FAMILIES = (CHATML, LLAMA3, GEMMA, MISTRAL, PHI3)
+# The handlers' own fallback for tokenizers without chat tokens (GPT-2, GPT-NeoX): {eos} is the model's.
+PLAIN = TemplateFamily(
+    "plain (### User: / ### Assistant:)", ("### User:", "### Assistant:"),
+    "{{- range .Messages }}{{- if eq .Role \"system\" }}{{ .Content }}\n\n"
+    "{{ else if eq .Role \"user\" }}### User:\n{{ .Content }}\n\n"
+    "{{ else if eq .Role \"tool\" }}### Tool:\n{{ .Content }}\n\n"
+    "{{ else }}### Assistant:\n{{ .Content }}{eos}\n\n{{ end }}{{- end }}### Assistant:\n",
+    ("### User:",), (), None)
+FAMILIES = (CHATML, LLAMA3, GEMMA, MISTRAL, PHI3, PLAIN)
 
 
 def family_of(template: str | None) -> TemplateFamily | None:
@@ -80,6 +88,8 @@ def _render(tokenizer, messages: list[dict]) -> str | None:
 
 def go_template(family: TemplateFamily, tokenizer) -> str:
     """The family's Ollama template, adapted to this model's variant of it."""
+    if family is PLAIN:
+        return family.go_template.replace("{eos}", getattr(tokenizer, "eos_token", None) or "")
     if family is not MISTRAL:
         return family.go_template
     sample = _render(tokenizer, [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
@@ -111,7 +121,7 @@ def modelfile(gguf_name: str, family: TemplateFamily | None, tokenizer, header: 
     if family is not None:
         lines.append(f"TEMPLATE {_quoted(go_template(family, tokenizer))}")
     else:
-        lines.append("# TEMPLATE: this chat format is none we translate (ChatML, Llama 3, Gemma, Mistral, Phi-3);"
+        lines.append(f"# TEMPLATE: this chat format is none we translate ({', '.join(f.name for f in FAMILIES)});"
                      " Ollama uses the chat template in the GGUF's metadata.")
     eos = getattr(tokenizer, "eos_token", None)
     if eos and eos not in stops:

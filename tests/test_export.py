@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tiny_models import build_tiny_model
 
+from handlers import PLAIN_CHAT_TEMPLATE
 from installer.export import ExportError, export_model
 
 
@@ -302,6 +303,7 @@ PHI3_TEMPLATE = (
     (GEMMA_TEMPLATE, "Gemma", ["<start_of_turn>", "<end_of_turn>"]),
     (MISTRAL_TEMPLATE, "Mistral", ["[INST]", "[/INST]", "</s>"]),
     (PHI3_TEMPLATE, "Phi-3", ["<|end|>", "<|user|>", "<|assistant|>"]),
+    (PLAIN_CHAT_TEMPLATE, "plain (### User: / ### Assistant:)", ["### User:", "<|im_end|>"]),
 ])
 def test_modelfile_for_each_template_family(template, family, stops, tiny_llama_dir):
     from transformers import AutoTokenizer
@@ -325,16 +327,17 @@ def test_modelfile_for_each_template_family(template, family, stops, tiny_llama_
         assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
     if family == "Mistral":
         assert "{{ .Content }} [/INST]" in body  # this model's variant puts a space before [/INST]
+    if family.startswith("plain"):
+        assert "{{ .Content }}<|im_end|>\n\n" in body  # the assistant turn ends with this model's eos
 
 
 def test_modelfile_for_an_unknown_template_leaves_it_to_the_gguf(tiny_llama_dir):
     from transformers import AutoTokenizer
 
-    from handlers import PLAIN_CHAT_TEMPLATE
     from installer.export_ollama import family_of, modelfile
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
-    assert family_of(PLAIN_CHAT_TEMPLATE) is None and family_of(None) is None
+    assert family_of("{{ messages[0]['content'] }}") is None and family_of(None) is None
     text = modelfile("m.gguf", None, tokenizer, "test")
     assert "TEMPLATE" not in text.replace("# TEMPLATE", "") and "GGUF's metadata" in text
     assert f'PARAMETER stop "{tokenizer.eos_token}"' in text
