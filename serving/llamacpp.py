@@ -119,9 +119,11 @@ class LlamaCppEngine(ModelEngine):
         self.model.reset()  # the cached prompt prefix was computed with the previous adapter
 
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        from llama_cpp import llama_cpp as native
+
         llm = self.model
-        if params.seed is not None:
-            llm.set_seed(params.seed % 2**32)
+        # The seed outlives the request in llama.cpp: an unseeded request must get a random one again.
+        llm.set_seed(native.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 2**32)
         processors = None
         if params.logit_bias:
             import numpy as np
