@@ -46,14 +46,14 @@ GEMMA = TemplateFamily(
     "{{ if and $first $.System }}{{ $.System }}\n\n{{ end }}{{ $first = false }}{{ .Content }}<end_of_turn>\n"
     "{{ end }}{{- end }}<start_of_turn>model\n",
     ("<start_of_turn>", "<end_of_turn>"), ("<end_of_turn>",), None)
-# Mistral puts the system prompt in the last user turn; the space before [/INST] differs between
-# versions and is filled in from the model's own template ({space}).
+# Mistral puts the system prompt in the last user turn; the spaces around [/INST] differ between
+# versions and are filled in from the model's own template; {eos} is the model's end of sequence.
 MISTRAL = TemplateFamily(
     "Mistral", ("[INST]", "[/INST]"),
     "{{- range $i, $_ := .Messages }}{{- if eq .Role \"user\" }}[INST] "
     "{{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}\n\n{{ end }}{{ .Content }}{space}[/INST]"
-    "{{- else if eq .Role \"assistant\" }}{answer_space}{{ .Content }}</s>{{- end }}{{- end }}",
-    ("[INST]", "[/INST]", "</s>"), (), None)
+    "{{- else if eq .Role \"assistant\" }}{answer_space}{{ .Content }}{eos}{{- end }}{{- end }}",
+    ("[INST]", "[/INST]"), (), None)
 PHI3 = TemplateFamily(
     "Phi-3", ("<|assistant|>", "<|end|>"),
     "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
@@ -88,15 +88,14 @@ def _render(tokenizer, messages: list[dict]) -> str | None:
 
 def go_template(family: TemplateFamily, tokenizer) -> str:
     """The family's Ollama template, adapted to this model's variant of it."""
-    if family is PLAIN:
-        return family.go_template.replace("{eos}", getattr(tokenizer, "eos_token", None) or "")
+    template = family.go_template.replace("{eos}", getattr(tokenizer, "eos_token", None) or "")
     if family is not MISTRAL:
-        return family.go_template
+        return template
     sample = _render(tokenizer, [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
                                  {"role": "user", "content": "U2"}]) or ""
     match = re.search(r"U1( ?)\[/INST\]( ?)A1", sample)
     space, answer_space = (match.group(1), match.group(2)) if match else ("", " ")
-    return family.go_template.replace("{space}", space).replace("{answer_space}", answer_space)
+    return template.replace("{space}", space).replace("{answer_space}", answer_space)
 
 
 def default_system_prompt(family: TemplateFamily | None, tokenizer) -> str | None:
