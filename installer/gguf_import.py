@@ -84,8 +84,7 @@ def _field(reader, key: str):
     entry = reader.fields.get(key)
     if entry is None:
         return None
-    value = entry.contents()
-    return value
+    return entry.contents()
 
 
 def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
@@ -243,9 +242,7 @@ def _convert_model(info: GGUFInfo, dest: Path) -> None:
 
 
 def _tied_names(model) -> set[str]:
-    """Parameter names that tie_weights() fills from another parameter."""
+    """Parameter names that tie_weights() fills from another parameter (e.g. lm_head from the embeddings)."""
     if not getattr(model.config, "tie_word_embeddings", False):
         return set()
-    output = model.get_output_embeddings()
-    return {name for name, param in model.named_parameters(remove_duplicate=False) if output is not None
-            and param is output.weight} | {"lm_head.weight"}
+    return set(getattr(model, "all_tied_weights_keys", None) or {})

@@ -77,6 +77,8 @@ def test_install_from_ollama_store(cli, tmp_path, monkeypatch, tiny_gguf_bytes):
     missing = cli("install", "ollama:tiny")  # the tag defaults to latest, which was not pulled
     assert missing.exit_code == 1 and "ollama pull tiny" in missing.output
     assert len(missing.output.strip().splitlines()) == 1 and not (tmp_path / "models").exists()
+    report = json.loads(cli("check", "ollama:tiny:1b", "--json").output)
+    assert report["source_kind"] == "ollama" and report["gguf"]["quantization"] == "Q8_0"
     result = cli("install", "ollama:tiny:1b")
     assert result.exit_code == 0, result.output
     model = tmp_path / "models" / "ollama_tiny_1b"
