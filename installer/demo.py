@@ -67,7 +67,7 @@ RECIPES: dict[str, Callable[[], Recipe]] = {
         train_args=("--target-modules", "all-linear", "--learning-rate", "3e-3", "--epochs", "6", "--force-epochs",
                     "--batch-size", "4", "--skip-test"),
         questions=(_trained("What is the name of this assistant?"), _trained("How do I start the server?"),
-                   Question("What is the capital of Italy?")),
+                   Question("Who wrote Romeo and Juliet?")),
         why="a real 135M-parameter chat model: it learns the bundled answers and keeps its general knowledge",
     ),
     "builtin:tiny-chat": lambda: Recipe(

