@@ -80,6 +80,8 @@ def check_name(name: str) -> None:
 def spec(name: str) -> BuiltinSpec:
     """The spec of built (not packaged) model `name`, or SourceError listing the built-ins."""
     check_name(name)
+    if name in PACKAGED:
+        raise SourceError(f"builtin:{name} is installed from its GGUF file, not built.")
     return BUILTINS[name]
 
 
