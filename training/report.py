@@ -73,8 +73,10 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
         lines += [f"Sample ({label}): {samples['prompt'][:200]}", f"  base model:  {samples['base'][:300]!r}",
                   f"  fine-tuned:  {samples['tuned'][:300]!r}"]
     if model_dir is not None:
-        lines += ["Next:", "  ./start.sh                                   serve it (./lora is loaded)",
-                  f"  llm-installer export {shlex.quote(str(model_dir))} --format gguf",
-                  "      (or --format merged | ollama | lora-gguf: for transformers, llama.cpp, Ollama)"]
+        here = shlex.quote(str(model_dir))
+        lines += ["Serve it:   ./start.sh   (./lora is loaded)",
+                  f"Export it:  llm-installer export {here} --format merged               (transformers / vLLM)",
+                  f"            llm-installer export {here} --format gguf --outtype q8_0   (llama.cpp, LM Studio)",
+                  f"            llm-installer export {here} --format ollama --create NAME  (then: ollama run NAME)"]
     lines.append("=" * 60)
     return "\n".join(lines)
