@@ -145,8 +145,9 @@ def test_gguf_file_only_for_hub_sources(cli, tiny_gguf_dir):
 
 @pytest.mark.e2e
 @pytest.mark.real_model
+@pytest.mark.slow  # ~55 s on 2 cores, mostly the conversion; the tiny GGUFs above cover the same code paths
 def test_install_real_smollm2_gguf(cli, tmp_path):
-    """SmolLM2-135M-Instruct's Q4_1 GGUF installs and answers a general question."""
+    """SmolLM2-135M-Instruct's Q4_1 GGUF (tied embeddings, Q4_1 + Q8_0 blocks) installs and answers a general question."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
