@@ -26,7 +26,7 @@ def test_help_and_list_do_not_import_torch(tmp_path):
 
 
 def test_every_command_has_help_with_example(cli):
-    for command in ("check", "install", "list", "remove", "update", "doctor"):
+    for command in ("check", "install", "list", "remove", "update", "doctor", "demo", "fix"):
         result = cli(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
 
