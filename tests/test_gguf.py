@@ -138,6 +138,21 @@ def test_install_gguf_from_hub_repository(cli, tiny_gguf_dir, tmp_path, monkeypa
     assert not (model / ".gguf-download").exists()  # the GGUF is not kept beside its conversion
 
 
+def test_tied_embeddings_convert(tiny_llama_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from installer.gguf_import import convert_gguf
+
+    gguf_file = write_tiny_gguf(tiny_llama_dir, tmp_path / "tied.gguf", tied=True)
+    convert_gguf(gguf_file, tmp_path / "out", echo=lambda _m: None)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    assert model.config.tie_word_embeddings
+    assert torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)
+    original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert torch.equal(model.get_input_embeddings().weight, original.get_input_embeddings().weight)
+
+
 def test_gguf_file_only_for_hub_sources(cli, tiny_gguf_dir):
     result = cli("install", str(tiny_gguf_dir / "tiny-F32.gguf"), "--gguf-file", "x.gguf")
     assert result.exit_code == 1 and "--gguf-file" in result.output

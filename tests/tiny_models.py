@@ -85,9 +85,11 @@ def _llama_cpp_permute(weights, heads: int):
         weights.shape)
 
 
-def write_tiny_gguf(model_dir: Path, dest: Path, quantization: str | None = None, architecture: str = "llama") -> Path:
+def write_tiny_gguf(model_dir: Path, dest: Path, quantization: str | None = None, architecture: str = "llama",
+                    tied: bool = False) -> Path:
     """Write the tiny llama in `model_dir` (from build_tiny_model) as a GGUF file with the `gguf` writer,
-    the way llama.cpp's converter lays it out. `quantization` "Q8_0" stores the matrices quantized."""
+    the way llama.cpp's converter lays it out. `quantization` "Q8_0" stores the matrices quantized;
+    `tied` leaves out output.weight, as files of models with tied embeddings do."""
     import json
 
     import gguf
@@ -128,6 +130,8 @@ def write_tiny_gguf(model_dir: Path, dest: Path, quantization: str | None = None
         elif name == "model.norm.weight":
             target = "output_norm.weight"
         elif name == "lm_head.weight":
+            if tied:
+                continue
             target = "output.weight"
         else:
             layer, rest = name.removeprefix("model.layers.").split(".", 1)
