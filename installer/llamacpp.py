@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .settings import CACHE_ENV, cache_dir  # noqa: F401  (CACHE_ENV: re-exported for callers and tests)
 
 # The pinned release: its vendored llama.cpp converts every architecture this version knows.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CHECKOUT_ENV = "LLM_INSTALLER_LLAMA_CPP"
-CACHE_ENV = "LLM_INSTALLER_CACHE"
 HF_CONVERTER = "convert_hf_to_gguf.py"
 LORA_CONVERTER = "convert_lora_to_gguf.py"
 # What the converters import from their own tree (the rest of the 76 MB sdist is C++ we never build).
@@ -51,10 +51,8 @@ class Converter:
 
 
 def cache_root() -> Path:
-    """$LLM_INSTALLER_CACHE, else $XDG_CACHE_HOME/llm-installer, else ~/.cache/llm-installer."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "llm-installer"
+    """The installer's cache (settings.cache_dir: $LLM_INSTALLER_CACHE, $XDG_CACHE_HOME or ~/.cache)."""
+    return cache_dir()
 
 
 def _checkout(path: Path) -> Converter:

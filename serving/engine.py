@@ -159,16 +159,15 @@ class ModelEngine:
         calls as `<tool_call>` text and tool results as user turns if it rejects the tool role; `tools` reach
         templates that use them. ValueError when the template rejects the conversation.
         """
-        from training.tokenize import _normalise_messages
+        from training.tokenize import fold_tool_turns, normalise_messages
 
         template = self.chat_template(key)
-        messages = _normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
+        messages = normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
         extra = {"tools": tools} if tools and "tools" in (template or "") else {}
         try:
             text = self._render(messages, template, extra)
         except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
-            folded = [{**m, "role": "user", "content": f"Tool result:\n{m['content']}"} if m["role"] == "tool" else m
-                      for m in messages]
+            folded = fold_tool_turns(messages)
             if folded == messages:
                 raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
             try:

@@ -37,8 +37,8 @@ def _template_supports_tools(tokenizer) -> bool:
     return isinstance(template, str) and "tool_calls" in template
 
 
-def _normalise_messages(messages: list[dict], tools_supported: bool) -> list[dict]:
-    """Templates without tool support get tool calls as JSON text in the assistant message."""
+def normalise_messages(messages: list[dict], tools_supported: bool) -> list[dict]:
+    """Templates without tool support get tool calls as JSON text in the assistant message (training and serving)."""
     if tools_supported:
         return messages
     out = []
@@ -57,11 +57,14 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception:
         # Templates that reject 'tool' (or 'system') roles: fold those turns into user turns.
-        folded = [
-            {**m, "role": "user", "content": f"Tool result:\n{m['content']}"} if m["role"] == "tool" else m
-            for m in messages
-        ]
-        return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(fold_tool_turns(messages), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+
+def fold_tool_turns(messages: list[dict]) -> list[dict]:
+    """Tool results as user turns, for templates that reject the 'tool' role (training and serving)."""
+    return [{**m, "role": "user", "content": f"Tool result:\n{m['content']}"} if m["role"] == "tool" else m
+            for m in messages]
 
 
 def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -92,7 +95,7 @@ def tokenize_example(tokenizer, example: Example, max_length: int, train_on_prom
     """Token ids and labels of one example, truncated to `max_length`."""
     eos = tokenizer.eos_token or ""
     if example.is_chat:
-        messages = _normalise_messages(example.messages, _template_supports_tools(tokenizer))
+        messages = normalise_messages(example.messages, _template_supports_tools(tokenizer))
         if not any(m["role"] == "assistant" for m in messages) and not train_on_prompt:
             raise DataError(f"{example.origin}, record {example.index + 1}: no assistant message to learn from.")
         text, spans = _assistant_spans(tokenizer, messages)
