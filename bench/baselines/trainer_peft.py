@@ -41,7 +41,7 @@ def main() -> None:
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     training_args = TrainingArguments(output_dir=args.out + "-trainer", num_train_epochs=1,
                                       per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-                                      lr_scheduler_type="cosine", warmup_ratio=0.05, logging_steps=10,
+                                      lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10,
                                       save_strategy="no", report_to=[], seed=42, disable_tqdm=True)
     trainer = Trainer(model=model, args=training_args, train_dataset=features,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))

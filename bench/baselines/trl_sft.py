@@ -30,9 +30,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     config = SFTConfig(output_dir=args.out + "-trl", num_train_epochs=1, per_device_train_batch_size=args.batch_size,
-                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_ratio=0.05, packing=True,
+                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, packing=True,
                        packing_strategy="bfd", max_length=2048, completion_only_loss=True, logging_steps=10,
-                       save_strategy="no", report_to=[], seed=42, disable_tqdm=True)
+                       save_strategy="no", report_to=[], seed=42, disable_tqdm=True,
+                       bf16=torch.cuda.is_available())  # TRL defaults to bf16, which the CPU refuses
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05,
                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
