@@ -79,10 +79,26 @@ def fetch_from_directory(source: Path, selection: Selection, target: Path, force
     return mode
 
 
+STALE_STAGING_SECONDS = 3600  # a build takes seconds: an older staging folder is a killed install's
+
+
+def remove_stale_staging(parent: Path, prefix: str = ".builtin-") -> None:
+    """Staging folders a killed build left behind (an install still running keeps its folder fresh)."""
+    import time
+
+    for leftover in parent.glob(prefix + "*") if parent.is_dir() else []:
+        try:
+            if time.time() - leftover.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def build_builtin(name: str, target: Path) -> None:
     """Build a built-in model next to `target`, then move it into place."""
     from .builtin import build
 
+    remove_stale_staging(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=target.parent))
     try:
         build(name, staging)
