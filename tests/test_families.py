@@ -27,9 +27,11 @@ def test_install_train_and_serve(family, tmp_path):
     if family == "gpt2":  # no chat template: the handler's fallback is saved with the adapter
         assert (model_dir / "lora" / "chat_template.jinja").is_file()
     state = load_state(model_dir)
-    assert state.engine.adapter is not None
+    assert state.engine.adapters  # ./lora was loaded
     with running_server(state) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}],
+        served = [m.id for m in client.models.list().data]
+        assert served[0].endswith(":lora")  # the default is the auto-loaded adapter
+        answer = client.chat.completions.create(model=served[0], messages=[{"role": "user", "content": "Hi"}],
                                                 max_tokens=6, temperature=0)
     assert answer.usage.completion_tokens >= 1 and answer.choices[0].finish_reason in ("stop", "length")
