@@ -180,11 +180,14 @@ def test_fresh_run_sets_previous_checkpoints_aside_and_finished_runs_are_left_al
     longer = _train(model_dir, "--data", other, "--force-epochs", "--epochs", "2", "--resume")
     assert longer.returncode == 0, longer.stdout
     assert "trained on different data" in longer.stdout and f"at step {short_steps}" in longer.stdout
+    longer_steps = _info(model_dir)["metrics"]["steps"]
     # the older run stays resumable: it becomes the current one again, the newer one goes to .prev
     older = _train(model_dir, *data, "--epochs", "7", "--resume-from", f"checkpoints.prev/checkpoint-{long_steps}")
     assert older.returncode == 0 and f"at step {long_steps}" in older.stdout, older.stdout
     assert _numbered(model_dir / "checkpoints")[-1] == _info(model_dir)["metrics"]["steps"] > long_steps
-    assert min(_numbered(model_dir / "checkpoints.prev")) <= short_steps + 1
+    # ... and the newer run (resumed at short_steps, ended at longer_steps) is the one kept in .prev
+    newer = _numbered(model_dir / "checkpoints.prev")
+    assert newer[-1] == longer_steps and all(short_steps <= step <= longer_steps for step in newer)
     missing = _train(model_dir, *data, "--resume-from", "checkpoints/checkpoint-1000")
     assert missing.returncode == 1 and "does not exist" in missing.stdout
 
