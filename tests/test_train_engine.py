@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
 from conftest import ROOT, copy_installed
 from facts import FACTS
+from test_train_modes import _info, _train
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = ROOT / "examples" / "data"
 SAME = ["--force-epochs", "--epochs", "1", "--validation-split", "0", "--lora-dropout", "0", "--learning-rate", "1e-2"]
-
-
-def _train(model_dir, *args, popen=False):
-    command = [str(model_dir / "train.sh"), "--no-tensorboard", "--skip-test", *args]
-    if popen:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-
-
-def _info(model_dir):
-    return json.loads((model_dir / "lora" / "adapter_info.json").read_text())
 
 
 def _weights(model_dir):
