@@ -18,7 +18,9 @@ from .launch import STRATEGIES
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
-FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision")
+FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision", "preference")
+METHODS = ("lora", "qlora", "dpo")
+DEFAULT_DPO_BETA = 0.1
 DEFAULT_TENSORBOARD_PORT = 6006
 
 
@@ -94,7 +96,15 @@ class TrainConfig:
     lora_dropout: float = _opt("LoRA dropout.", 0.05)
     target_modules: str | None = _opt("Comma-separated module names to adapt, or 'all-linear' "
                                       "(default: the handler's).", None)
-    method: str = _opt("lora, or qlora (4-bit nf4 base weights).", "lora", choices=("lora", "qlora"))
+    method: str = _opt("lora; qlora (4-bit nf4 base weights); or dpo (preference pairs, DPO loss, the base with the "
+                       "adapter switched off as reference; chosen automatically for prompt/chosen/rejected data).",
+                       "lora", choices=METHODS)
+    dpo_beta: float = _opt("DPO temperature beta: how far the tuned model may move from the reference.",
+                           DEFAULT_DPO_BETA)
+    from_adapter: Path | None = _opt("Start from this existing LoRA adapter (e.g. ./lora after SFT, before DPO) "
+                                     "instead of a fresh one.", None)
+    train_vision_tower: bool = _opt("Multimodal models: also adapt the vision tower (default: the language model "
+                                    "and the projector only).", False)
     use_8bit: bool = _opt("Load the base model in 8-bit (bitsandbytes).", False)
     optimizer: str = _opt("Optimizer.", "adamw_torch", choices=OPTIMIZERS)
     dataset_format: str | None = _opt("Force a dataset format instead of detecting it.", None, choices=FORMATS)
@@ -155,6 +165,7 @@ class TrainConfig:
              "--overfitting-threshold must be positive."),
             (self.method == "qlora" and self.use_8bit, "--method qlora and --use-8bit exclude each other."),
             (self.resume and self.resume_from is not None, "Give --resume or --resume-from, not both."),
+            (self.dpo_beta <= 0, "--dpo-beta must be positive (default 0.1)."),
         ]
         for failed, message in checks:
             if failed:
