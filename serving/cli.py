@@ -40,11 +40,12 @@ def load_engine(cfg: ServeConfig, router: Router):
         from .llamacpp import LlamaCppEngine
 
         return LlamaCppEngine.load(Path(cfg.model_dir), adapters, trust_remote_code=trust_remote_code,
-                                   fallback_template=_fallback_template(model_path))
+                                   fallback_template=_fallback_template(model_path), threads=cfg.threads or None,
+                                   quant=cfg.gguf_quant)
     return ModelEngine.load(model_path, adapters, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
                             cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info.get(
                                 "trust_remote_code")), fallback_template=_fallback_template(model_path),
-                            max_concurrency=cfg.max_concurrency)
+                            max_concurrency=cfg.max_concurrency, threads=cfg.threads or None)
 
 
 def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from installer.errors import UserError
+from installer.gguf_quantize import GGUF_TYPES
 from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
 
 ENGINES = ("transformers", "llama.cpp", "vllm")
@@ -46,6 +47,11 @@ class ServeConfig:
     engine: str = _opt("Inference engine (default transformers). llama.cpp: several times faster on a CPU (GGUF made "
                        "on first use; install it with ./llm-installer setup --engine llama.cpp); vllm: GPU "
                        "production server (vLLM installed).", "transformers", choices=ENGINES)
+    gguf_quant: str | None = _opt("Type of the base model's GGUF served by --engine llama.cpp, made once and cached "
+                                  "(default q4_k_m, or q4_1 for models whose widths are not multiples of 256; "
+                                  "q8_0: closest to full precision).", None, choices=GGUF_TYPES)
+    threads: int = _opt("CPU threads that compute (default: $OMP_NUM_THREADS, else one per physical core); on a "
+                        "busy machine fewer are faster.", 0)
     chat: bool = _opt("Chat in this terminal instead of starting a server.", False)
     temperature: float = _opt("Sampling temperature of --chat (0 = always the most likely token).", 0.7)
     no_lora: bool = _opt("Serve the base model even if ./lora holds an adapter.", False)
@@ -68,6 +74,12 @@ class ServeConfig:
         if self.model_dir is None:
             raise ServeConfigError("--model-dir is required (start.sh passes it).")
         self.named_adapters()
+        if self.threads < 0:
+            raise ServeConfigError("--threads must be at least 1 (0: the default).")
+        if self.gguf_quant and self.engine != "llama.cpp":
+            raise ServeConfigError("--gguf-quant applies to --engine llama.cpp only.")
+        if self.threads and self.engine == "vllm":
+            raise ServeConfigError("--threads applies to the CPU engines (transformers, llama.cpp), not vllm.")
         if self.engine == "llama.cpp":
             given = [flag for flag, value in (("--dtype", self.dtype), ("--quantization", self.quantization),
                                               ("--cpu-offload", self.cpu_offload)) if value]
@@ -77,7 +89,7 @@ class ServeConfig:
                 given.append("--max-concurrency")
             if given:
                 raise ServeConfigError(f"{', '.join(given)} apply to --engine transformers; --engine llama.cpp serves "
-                                       f"a q8_0 GGUF on the CPU, one request at a time.")
+                                       f"a GGUF (--gguf-quant) on the CPU, one request at a time.")
         return self
 
     def named_adapters(self) -> dict[str, Path]:

@@ -100,12 +100,16 @@ class ModelEngine:
     def load(cls, model_path: Path, adapters: dict[str, AdapterInfo] | None = None, *, device: str = "auto",
              dtype: str = "auto", quantization: str = "none", cpu_offload: bool = False,
              trust_remote_code: bool = False, fallback_template: str | None = None,
-             max_concurrency: int = 1) -> ModelEngine:
-        """Load weights (quantized/offloaded as asked), then attach every adapter (key -> adapter) to them."""
+             max_concurrency: int = 1, threads: int | None = None) -> ModelEngine:
+        """Load weights (quantized/offloaded as asked), then attach every adapter (key -> adapter) to them.
+        `threads`: torch's CPU threads (default: torch's own choice)."""
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         adapters = adapters or {}
         device, torch_dtype = _placement(device, dtype, quantization)
+        if threads:
+            torch.set_num_threads(threads)
         if device == "cpu" and max_concurrency > 1:
             log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
                         "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",

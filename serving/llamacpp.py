@@ -1,7 +1,8 @@
 """--engine llama.cpp: the model as GGUF through llama-cpp-python, several times faster than transformers on a CPU.
 
-The GGUFs are made on first use with installer.export (the base as q8_0, each adapter as a LoRA GGUF) and
-cached in the model directory's gguf/ folder; a retrained adapter gets a new file. Prompts are rendered and
+The GGUFs are made on first use with installer.export and cached in the model directory's gguf/ folder: the base
+quantized to --gguf-quant (default: installer.gguf_quantize.default_quant), each
+adapter as an f16 LoRA GGUF applied on top of it; a retrained adapter gets a new file. Prompts are rendered and
 answers decoded with the model's own Hugging Face tokenizer, exactly as with the transformers engine; only
 the forward pass and sampling run in llama.cpp. Adapters are switched per request on the one context
 (llama_set_adapters_lora), so routing, admission and the API are the transformers engine's.
@@ -18,13 +19,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from installer.gguf_quantize import CONVERTER_TYPES, default_quant, quantize_gguf
+
 from .adapter import AdapterInfo
 from .decoding import Detokenizer, Piece
 from .engine import Generation, GenerationParams, LoadError, ModelEngine, _cut_at_stop
 
 log = logging.getLogger("serve")
 GGUF_DIR = "gguf"
-BASE_OUTTYPE = "q8_0"  # the smallest type installer.export writes; llama.cpp's fast CPU path
 ADAPTER_OUTTYPE = "f16"
 SETUP_HINT = "./llm-installer setup --engine llama.cpp"
 
@@ -44,22 +46,66 @@ def _adapter_stamp(adapter: AdapterInfo) -> str:
     return hashlib.sha256(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def cached_gguf(model_dir: Path, adapter: AdapterInfo | None = None) -> Path:
-    """The GGUF of the base model (adapter None) or of an adapter, converted once into model_dir/gguf/."""
+def cached_gguf(model_dir: Path, adapter: AdapterInfo | None = None, quant: str | None = None,
+                threads: int | None = None) -> Path:
+    """The GGUF of the base model (adapter None, quantized to `quant`, default: base_quant) or of an adapter
+    (f16 LoRA GGUF), converted once into model_dir/gguf/."""
     from installer.export import export_model
 
     cache = Path(model_dir) / GGUF_DIR
-    if adapter is None:
-        target = cache / f"base-{BASE_OUTTYPE}.gguf"
-        kwargs = {"fmt": "gguf", "outtype": BASE_OUTTYPE, "no_lora": True}
-    else:
+    echo = lambda message: log.info("  %s", message)  # noqa: E731
+    if adapter is not None:
         target = cache / f"lora-{_adapter_stamp(adapter)}-{ADAPTER_OUTTYPE}.gguf"
-        kwargs = {"fmt": "lora-gguf", "outtype": ADAPTER_OUTTYPE, "adapter": adapter.path}
-    if not target.is_file():
-        what = f"the adapter {adapter.path}" if adapter else "the base model"
-        log.info("Converting %s to GGUF for llama.cpp (once; cached as %s).", what, target)
-        export_model(Path(model_dir), out=target, echo=lambda message: log.info("  %s", message), **kwargs)
+        if not target.is_file():
+            log.info("Converting the adapter %s to a LoRA GGUF for llama.cpp (once; cached as %s).", adapter.path,
+                     target)
+            export_model(Path(model_dir), fmt="lora-gguf", out=target, outtype=ADAPTER_OUTTYPE, adapter=adapter.path,
+                         echo=echo)
+        return target
+    quant = quant or base_quant(model_dir)
+    target = cache / f"base-{quant}.gguf"
+    if target.is_file():
+        return target
+    log.info("Converting the base model to a %s GGUF for llama.cpp (once; cached as %s).", quant, target)
+    if quant in CONVERTER_TYPES:
+        export_model(Path(model_dir), fmt="gguf", out=target, outtype=quant, no_lora=True, echo=echo)
+        return target
+    # The converter writes full precision; llama.cpp's quantizer makes the rest from it (then it is deleted).
+    full = cache / f".base-{_full_precision(model_dir)}-{os.getpid()}.gguf"
+    try:
+        export_model(Path(model_dir), fmt="gguf", out=full, outtype=_full_precision(model_dir), no_lora=True,
+                     echo=echo)
+        quantize_gguf(full, target, quant, threads)
+    finally:
+        full.unlink(missing_ok=True)
     return target
+
+
+def base_quant(model_dir: Path) -> str:
+    """The base GGUF's type when --gguf-quant is not given (installer.gguf_quantize.default_quant)."""
+    return default_quant(_read_json(Path(model_dir) / "model" / "config.json"))
+
+
+def _full_precision(model_dir: Path) -> str:
+    """bf16 for bf16 weights (f16 could overflow them), else f16: what the quantizer starts from."""
+    from installer.export import native_dtype
+    from installer.model_dir import ModelDir
+
+    return "bf16" if native_dtype(ModelDir(Path(model_dir))) == "bfloat16" else "f16"
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (llama.cpp's threads spin at their barriers: more than one per core only adds waiting)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2)
+
+
+def default_threads() -> int:
+    """llama.cpp's threads when --threads is not given: $OMP_NUM_THREADS (the variable torch honours too),
+    else one per physical core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else physical_cores()
 
 
 class LlamaCppEngine(ModelEngine):
@@ -76,8 +122,11 @@ class LlamaCppEngine(ModelEngine):
     @classmethod
     def load(cls, model_dir: Path, adapters: dict[str, AdapterInfo] | None = None, *,
              trust_remote_code: bool = False, fallback_template: str | None = None,
-             threads: int | None = None) -> LlamaCppEngine:
-        """Convert (first time) and load the GGUFs; LoadError when llama-cpp-python is missing or fails."""
+             threads: int | None = None, quant: str | None = None) -> LlamaCppEngine:
+        """Convert (first time) and load the GGUFs; LoadError when llama-cpp-python is missing or fails.
+
+        `threads`: llama.cpp's compute threads (default: default_threads()); `quant`: the base GGUF's type
+        (default: base_quant)."""
         require_llama_cpp()
         from llama_cpp import Llama
         from llama_cpp import llama_cpp as native
@@ -91,19 +140,22 @@ class LlamaCppEngine(ModelEngine):
         config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
         config = config.get("text_config", config)
         context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
-        base = cached_gguf(model_dir)
+        threads = threads or default_threads()
+        base = cached_gguf(model_dir, quant=quant, threads=threads)
         try:
-            # llama.cpp's threads spin while they wait for each other: one per physical core (half the logical
-            # ones, llama-cpp-python's own default) leaves room for the server; 2 threads on 2 busy cores measured
-            # 10x slower than 1.
-            llm = Llama(model_path=str(base), n_ctx=context, n_threads=threads or max(1, (os.cpu_count() or 2) // 2),
+            # The same thread count for prompts (llama-cpp-python's default there is every logical CPU: threads
+            # spinning on busy cores measured 10x slower). No flash attention: 1.2x faster on the CPU, but it
+            # changed SmolLM2's greedy answers (q8_0: "L'Étoile, la Cité..." instead of "The capital of France is
+            # Paris.").
+            llm = Llama(model_path=str(base), n_ctx=context, n_threads=threads, n_threads_batch=threads,
                         verbose=False)
         except ValueError as exc:  # llama-cpp-python's way of saying the file did not load
             raise LoadError(f"llama.cpp cannot load {base}: {exc}") from exc
         handles = {}
+        log.info("llama.cpp: %s, %d thread%s.", base.name, threads, "" if threads == 1 else "s")
         for key, adapter in adapters.items():
             path = cached_gguf(model_dir, adapter)
-            handle = native.llama_adapter_lora_init(llm._model.model, str(path).encode())
+            handle = _quietly(native.llama_adapter_lora_init, llm._model.model, str(path).encode())
             if not handle:
                 raise LoadError(f"llama.cpp cannot load the adapter GGUF {path} (made from {adapter.path}).")
             handles[key] = handle
@@ -120,7 +172,6 @@ class LlamaCppEngine(ModelEngine):
             status = native.llama_set_adapters_lora(self.model._ctx.ctx, handles, 1, scales)
         if status:
             raise RuntimeError(f"llama_set_adapters_lora failed ({status})")
-        self.model.reset()  # the cached prompt prefix was computed with the previous adapter
 
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
         from llama_cpp import llama_cpp as native
@@ -141,6 +192,9 @@ class LlamaCppEngine(ModelEngine):
                 return scores
 
             processors = LogitsProcessorList([bias])
+        # No reuse of the previous request's cached prompt prefix: the prompt evaluated in one batch and its tail
+        # evaluated token by token round differently, and a greedy answer changed with the request before it.
+        llm.reset()
         tokens = llm.generate(prompt_ids, top_k=0, top_p=params.top_p, min_p=0.0, temp=params.temperature,
                               repeat_penalty=1.0, frequency_penalty=params.frequency_penalty,
                               presence_penalty=params.presence_penalty, logits_processor=processors)
@@ -172,6 +226,18 @@ class LlamaCppEngine(ModelEngine):
         generation.completion_tokens = state["count"]
         if generation.finish_reason is None:
             generation.finish_reason = "cancelled" if generation.cancel.is_set() else state["finish"] or "stop"
+
+
+def _quietly(function, *args):
+    """Call into llama.cpp with its log silenced: loading a LoRA on a repacked (q4_0) base logs an error-level line
+    per tensor ("cannot use buft 'CPU_REPACK', fallback to CPU") that is only a note; a real failure returns NULL."""
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return function(*args)
+    finally:
+        logger.setLevel(level)
 
 
 def _eos_ids(model_path: Path, tokenizer, config: dict) -> set[int]:
