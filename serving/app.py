@@ -151,6 +151,7 @@ def create_app(state: ServerState):
                          DEFAULT_CHAT_MAX_TOKENS, "messages")
         params.logprobs, params.top_logprobs = body.logprobs, body.top_logprobs or 0
         _check_logprobs(engine, params)
+        params.grammar = await _response_format(engine, body.response_format)
         names = None
         if tools:
             names = {tool["function"]["name"] for tool in tools}
@@ -235,6 +236,18 @@ def _check_logprobs(engine: ModelEngine, params: GenerationParams) -> None:
     if params.logprobs and not engine.supports_logprobs:
         raise ApiError(400, "logprobs are not available with --engine llama.cpp; serve with the default "
                             "--engine transformers for them.", "logprobs", "unsupported_parameter")
+
+
+async def _response_format(engine: ModelEngine, response_format):
+    """The engine's compiled constraint for response_format json_object/json_schema (None for text); 400 when the
+    engine cannot enforce it."""
+    from .structured import FormatError, structured_output
+
+    try:
+        output = structured_output(response_format)
+        return None if output is None else await asyncio.to_thread(engine.compile_format, output)
+    except FormatError as exc:
+        raise ApiError(400, str(exc), "response_format", "unsupported_parameter") from exc
 
 
 def _params(body, engine: ModelEngine, prompt_tokens: int, asked: int | None, default: int,

@@ -46,6 +46,7 @@ class GenerationParams:
     logprobs: bool = False
     top_logprobs: int = 0
     keep_tokens: set[int] = field(default_factory=set)  # special tokens the caller must see (tool-call markers)
+    grammar: object | None = None  # response_format compiled by the engine's compile_format
 
 
 @dataclass
@@ -187,6 +188,15 @@ class ModelEngine:
     def text_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
 
+    def compile_format(self, output):
+        """response_format (structured.StructuredOutput) compiled for this engine's generate: xgrammar's grammar;
+        structured.FormatError (a 400) when xgrammar is missing or rejects the schema."""
+        from .structured import XGrammarCompiler
+
+        if getattr(self, "_formats", None) is None:
+            self._formats = XGrammarCompiler(self.tokenizer, self.model.config.get_text_config().vocab_size)
+        return self._formats.compile(output)
+
     # --- generation --------------------------------------------------------------------------
     def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation,
                key: str | None = None) -> Iterator[Piece]:
@@ -223,6 +233,10 @@ class ModelEngine:
             processors.append(penalty_processor(len(prompt_ids), params.presence_penalty, params.frequency_penalty))
         if params.logit_bias:
             processors.append(bias_processor(params.logit_bias))
+        if params.grammar is not None:  # last: nothing after it may make a token the grammar forbids likely again
+            from .structured import xgrammar_processor
+
+            processors.append(xgrammar_processor(params.grammar))
         streamer = TokenStreamer(recorder)
         inputs = torch.tensor([prompt_ids], device=self.device if self.device != "auto" else "cpu")
         sampling = params.temperature > 0

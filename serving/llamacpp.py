@@ -173,6 +173,12 @@ class LlamaCppEngine(ModelEngine):
         if status:
             raise RuntimeError(f"llama_set_adapters_lora failed ({status})")
 
+    def compile_format(self, output):
+        """response_format as a llama.cpp grammar (structured.FormatError for a schema it cannot convert)."""
+        from .structured import llama_grammar
+
+        return llama_grammar(output)
+
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
         from llama_cpp import llama_cpp as native
 
@@ -197,7 +203,8 @@ class LlamaCppEngine(ModelEngine):
         llm.reset()
         tokens = llm.generate(prompt_ids, top_k=0, top_p=params.top_p, min_p=0.0, temp=params.temperature,
                               repeat_penalty=1.0, frequency_penalty=params.frequency_penalty,
-                              presence_penalty=params.presence_penalty, logits_processor=processors)
+                              presence_penalty=params.presence_penalty, logits_processor=processors,
+                              grammar=params.grammar)
         detokenizer = Detokenizer(self.tokenizer, params.keep_tokens)
         state = {"count": 0, "finish": None}
 

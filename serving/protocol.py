@@ -201,10 +201,6 @@ class ChatRequest(SamplingRequest):
             raise ApiError(400, "tool_choice 'required' or a named function needs constrained decoding, which this "
                                 "server does not do: send tool_choice 'auto' (the model decides) or 'none'.",
                            "tool_choice", "unsupported_parameter")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise ApiError(400, f"response_format '{self.response_format.type}' needs constrained decoding, which "
-                                "this server does not do: ask for JSON in the prompt instead.", "response_format",
-                           "unsupported_parameter")
         return self
 
     @property

@@ -124,9 +124,26 @@ def test_llama_cpp_engine_serves_base_and_adapter_like_transformers(smollm2_with
                 streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
                     model="smollm2:lora", messages=question, temperature=0, max_tokens=12, stream=True) if c.choices)
                 assert streamed == answers[engine, "smollm2:lora"]
+                _check_json_answers(client)
     assert answers["llama.cpp", "smollm2"] != answers["llama.cpp", "smollm2:lora"]
     for model in ("smollm2", "smollm2:lora"):  # q4_1 against float32: the same answer, the planet included
         assert answers["llama.cpp", model].split()[:9] == answers["transformers", model].split()[:9], answers
     cached = sorted(p.name for p in (smollm2_with_adapter / "gguf").iterdir())  # the bf16 it came from is gone
     assert cached[0] == "base-q4_1.gguf" and cached[1].startswith("lora-") and len(cached) == 2
     assert json.loads((smollm2_with_adapter / "lora" / "adapter_info.json").read_text())  # adapter untouched
+
+
+def _check_json_answers(client):
+    """response_format through llama.cpp's grammars: an object, then one of the schema, for base and adapter."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+              "required": ["city", "country"], "additionalProperties": False}
+    for model in ("smollm2", "smollm2:lora"):
+        ask = {"model": model, "temperature": 0, "max_tokens": 80}
+        reply = client.chat.completions.create(
+            messages=[{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+            response_format={"type": "json_object"}, **ask)
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+        reply = client.chat.completions.create(
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}, **ask)
+        assert sorted(json.loads(reply.choices[0].message.content)) == ["city", "country"]

@@ -132,7 +132,7 @@ def test_penalties_and_logit_bias_change_the_answer(server):
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "answer"}}}, "response_format"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"extra_body": {"best_of": 3}}, "best_of"),
     ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
