@@ -45,7 +45,7 @@ def load_engine(cfg: ServeConfig, router: Router):
     return ModelEngine.load(model_path, adapters, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
                             cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info.get(
                                 "trust_remote_code")), fallback_template=_fallback_template(model_path),
-                            max_concurrency=cfg.max_concurrency, threads=cfg.threads or None)
+                            max_concurrency=cfg.max_concurrency, threads=cfg.threads or None, batching=cfg.batching)
 
 
 def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:
@@ -112,7 +112,11 @@ def _serve(cfg: ServeConfig, router: Router) -> int:
     log.info("Serving %s (%s) at http://%s:%d/v1 - chat page http://%s:%d/ - %s", model_id, info.get("source"),
              shown, cfg.port, shown, cfg.port, "API key required" if cfg.api_key else "no API key")
     log.info("Model ids: %s (default %s).", ", ".join(router.routes), router.default.model_id)
-    uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(create_app(state), host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    finally:
+        if state.engine is not None:
+            state.engine.close()
     return 0
 
 
@@ -139,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.chat:
             from .terminal import chat_loop
 
-            return chat_loop(load_engine(cfg, router), router, sys.stdin, sys.stdout, cfg.temperature)
+            engine = load_engine(cfg, router)
+            try:
+                return chat_loop(engine, router, sys.stdin, sys.stdout, cfg.temperature)
+            finally:
+                engine.close()
         return _serve(cfg, router)
     except UserError as exc:
         if os.environ.get("LLM_INSTALLER_DEBUG"):

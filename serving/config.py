@@ -16,6 +16,7 @@ from installer.gguf_quantize import GGUF_TYPES
 from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
 
 ENGINES = ("transformers", "llama.cpp", "vllm")
+BATCHING = ("auto", "on", "off")
 
 
 class ServeConfigError(UserError, ValueError):
@@ -43,7 +44,10 @@ class ServeConfig:
     quantization: str | None = _opt("Load the weights in 8-bit or 4-bit with bitsandbytes (CUDA only).", None,
                                     choices=QUANTIZATIONS)
     cpu_offload: bool = _opt("Keep layers that do not fit on the GPU in CPU memory.", False)
-    max_concurrency: int = _opt("Requests generating at once (default 1); more wait in a queue.", 1)
+    max_concurrency: int = _opt("Requests generating at once (default: 32 with --batching, else 1); more wait in "
+                                "a queue.", 0)
+    batching: str = _opt("Continuous batching of concurrent requests (transformers engine): auto = on a CUDA GPU "
+                         "(on the CPU it is slower than queueing).", "auto", choices=BATCHING)
     engine: str = _opt("Inference engine (default transformers). llama.cpp: several times faster on a CPU (GGUF made "
                        "on first use; install it with ./llm-installer setup --engine llama.cpp); vllm: GPU "
                        "production server (vLLM installed).", "transformers", choices=ENGINES)
@@ -65,8 +69,11 @@ class ServeConfig:
     def validate(self) -> ServeConfig:
         if not 0 < self.port < 65536:
             raise ServeConfigError(f"--port must be between 1 and 65535, not {self.port}.")
-        if self.max_concurrency < 1:
-            raise ServeConfigError("--max-concurrency must be at least 1.")
+        if self.max_concurrency < 0:
+            raise ServeConfigError("--max-concurrency must be at least 1 (0: the default).")
+        if self.batching == "on" and self.engine != "transformers":
+            raise ServeConfigError(f"--batching on applies to --engine transformers; {self.engine} "
+                                   f"{'batches by itself' if self.engine == 'vllm' else 'queues requests'}.")
         if not 0 <= self.temperature <= 2:
             raise ServeConfigError("--temperature must be between 0 and 2.")
         if self.no_lora and self.load_lora:

@@ -24,6 +24,7 @@ from .decoding import (
 from .gate import AdapterGate
 
 log = logging.getLogger("serve")
+BATCH_SLOTS = 32  # requests admitted at once when continuous batching is on (the rest queue)
 
 
 class LoadError(UserError, RuntimeError):
@@ -89,6 +90,7 @@ class ModelEngine:
         self.context_length = context_length
         self.base_template = getattr(tokenizer, "chat_template", None)
         self._gate = AdapterGate(max_concurrency, self._activate)
+        self._batcher = None  # batching.ContinuousBatcher when continuous batching is on
         self._seed_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
@@ -101,9 +103,10 @@ class ModelEngine:
     def load(cls, model_path: Path, adapters: dict[str, AdapterInfo] | None = None, *, device: str = "auto",
              dtype: str = "auto", quantization: str = "none", cpu_offload: bool = False,
              trust_remote_code: bool = False, fallback_template: str | None = None,
-             max_concurrency: int = 1, threads: int | None = None) -> ModelEngine:
+             max_concurrency: int = 0, threads: int | None = None, batching: str = "off") -> ModelEngine:
         """Load weights (quantized/offloaded as asked), then attach every adapter (key -> adapter) to them.
-        `threads`: torch's CPU threads (default: torch's own choice)."""
+        `threads`: torch's CPU threads (default: torch's own choice). `batching` on/auto (auto: on CUDA):
+        concurrent requests share forward passes (serving/batching.py); `max_concurrency` 0: 32 then, else 1."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,7 +114,9 @@ class ModelEngine:
         device, torch_dtype = _placement(device, dtype, quantization)
         if threads:
             torch.set_num_threads(threads)
-        if device == "cpu" and max_concurrency > 1:
+        batched = batching == "on" or (batching == "auto" and device == "cuda" and not cpu_offload)
+        max_concurrency = max_concurrency or (BATCH_SLOTS if batched else 1)
+        if device == "cpu" and max_concurrency > 1 and not batched:
             log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
                         "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",
                         max_concurrency)
@@ -139,7 +144,13 @@ class ModelEngine:
         model.eval()
         config = model.config
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-        return cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+        engine = cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+        if batched:
+            from .batching import ContinuousBatcher
+
+            engine._batcher = ContinuousBatcher(model, _eos_ids(model, tokenizer), tokenizer.pad_token_id)
+            log.info("Continuous batching: up to %d requests share each forward pass.", max_concurrency)
+        return engine
 
     def _activate(self, key: str | None) -> None:
         """Make adapter `key` (None: none, the base model) the one the model computes with; nothing is generating."""
@@ -150,6 +161,11 @@ class ModelEngine:
         else:
             self.model.base_model.enable_adapter_layers()
             self.model.set_adapter(key)
+
+    def close(self) -> None:
+        """Stop background work (the continuous batcher's thread); the engine serves no more requests."""
+        if self._batcher is not None:
+            self._batcher.stop()
 
     # --- prompts -----------------------------------------------------------------------------
     def chat_template(self, key: str | None = None) -> str | None:
@@ -220,6 +236,42 @@ class ModelEngine:
             self._count("cancelled" if cancelled else "completed")
 
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        from .batching import batchable
+
+        if self._batcher is not None and batchable(params):
+            yield from self._generate_batched(prompt_ids, params, generation)
+            return
+        yield from self._generate_alone(prompt_ids, params, generation)
+
+    def _generate_batched(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        """The request's tokens from the continuous batcher, as text pieces (what _generate_alone gives)."""
+        tokens = self._batcher.tokens(prompt_ids, params, generation.cancel)
+        state = {"count": 0, "last": None}
+
+        def pieces() -> Iterator[Piece]:
+            detokenizer = Detokenizer(self.tokenizer, params.keep_tokens)
+            for token in tokens:
+                state["count"], state["last"] = state["count"] + 1, token
+                text = detokenizer.add(token)
+                if text:
+                    yield Piece(text)
+            rest = detokenizer.flush()
+            if rest:
+                yield Piece(rest)
+
+        finished = False
+        try:
+            yield from _cut_at_stop(pieces(), params.stop, generation)
+            finished = True
+        finally:
+            if not finished:  # the consumer left early (client gone, Ctrl+C)
+                generation.cancel.set()
+            tokens.close()
+        generation.completion_tokens = state["count"]
+        _finish(generation, params, state["last"] in _eos_ids(self.model, self.tokenizer))
+
+    def _generate_alone(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        """One `generate` call for this request, in a worker thread."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -280,12 +332,17 @@ class ModelEngine:
         sequence = result["output"].sequences[0]
         generated = sequence[len(prompt_ids):]
         generation.completion_tokens = int(generated.numel())
-        if generation.finish_reason is None and generation.cancel.is_set():
-            generation.finish_reason = "cancelled"  # the client left; nobody reads this answer
-        if generation.finish_reason is None:
-            ended = generated.numel() and int(generated[-1]) in _eos_ids(self.model, self.tokenizer)
-            generation.finish_reason = "stop" if ended or generation.completion_tokens < params.max_tokens \
-                else "length"
+        _finish(generation, params, bool(generated.numel()) and int(generated[-1]) in _eos_ids(self.model,
+                                                                                              self.tokenizer))
+
+
+def _finish(generation: Generation, params: GenerationParams, ended_with_eos: bool) -> None:
+    """finish_reason once generation ended, unless a stop string already set it."""
+    if generation.finish_reason is None and generation.cancel.is_set():
+        generation.finish_reason = "cancelled"  # the client left; nobody reads this answer
+    if generation.finish_reason is None:
+        ended = ended_with_eos or generation.completion_tokens < params.max_tokens
+        generation.finish_reason = "stop" if ended else "length"
 
 
 def _attach_adapters(model, adapters: dict[str, AdapterInfo]):

@@ -28,7 +28,9 @@ def vllm_command(cfg: ServeConfig, router: Router, executable: str = "vllm") -> 
     """The `vllm serve` command line for this configuration: every adapter under its model id (--lora-modules)."""
     model_id = Path(cfg.model_dir).name
     command = [executable, "serve", str(Path(cfg.model_dir) / "model"), "--served-model-name", model_id,
-               "--host", cfg.host, "--port", str(cfg.port), "--max-num-seqs", str(max(cfg.max_concurrency, 1))]
+               "--host", cfg.host, "--port", str(cfg.port)]
+    if cfg.max_concurrency:  # else vLLM's own default (it batches hundreds of sequences)
+        command += ["--max-num-seqs", str(cfg.max_concurrency)]
     if cfg.dtype and cfg.dtype != "auto":
         command += ["--dtype", cfg.dtype]
     if cfg.quantization in ("4bit", "8bit"):

@@ -38,15 +38,15 @@ def running_server(state, host: str = "127.0.0.1"):
         thread.join(timeout=30)
 
 
-def load_state(model_dir, *, lora: bool = True, api_key: str | None = None, max_concurrency: int = 1,
-               loopback: bool = True, named: dict | None = None, engine: str = "transformers"):
+def load_state(model_dir, *, lora: bool = True, api_key: str | None = None, max_concurrency: int = 0,
+               loopback: bool = True, named: dict | None = None, engine: str = "transformers", batching: str = "auto"):
     """A ServerState with the engine loaded from an installed model directory (`named`: --lora NAME=PATH)."""
     from serving.cli import build_router, build_state, load_engine, resolve_adapter
     from serving.config import ServeConfig
 
     cfg = ServeConfig(model_dir=model_dir, no_lora=not lora, api_key=api_key, max_concurrency=max_concurrency,
                       lora=[f"{name}={path}" for name, path in (named or {}).items()],
-                      engine=engine).validate().apply_install_defaults()
+                      engine=engine, batching=batching).validate().apply_install_defaults()
     router = build_router(cfg, resolve_adapter(cfg))
     state = build_state(cfg, router)
     state.loopback = loopback
