@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Serving overhead: the API (streaming, through the real openai client) against the model's own
 `generate` in-process, for the same prompts and the same number of tokens; then 8 concurrent
-clients against 1. Everything is measured side by side in one run; ratios are what to compare.
+clients against 1, and 32. Everything is measured side by side in one run; ratios are what to compare.
 
-    .venv/bin/python bench/serve_latency.py [--model-dir DIR] [--tokens 128] [--rounds 3]
+    .venv/bin/python bench/serve_latency.py [--model-dir DIR] [--tokens 128] [--rounds 3] [--batching on]
+
+The second server runs with --max-concurrency N (default 8) and --batching (default auto: continuous batching
+on a CUDA GPU, parallel generate threads on the CPU); its 1-, N- and 32-client aggregates show what batching
+gives (target on a GPU: 8 clients >= 4x one client).
 
 Without --model-dir the built-in tiny-chat model is built into a temporary directory.
 """
@@ -87,11 +91,11 @@ def concurrent_clients(client, count: int, tokens: int) -> tuple[float, int, int
     return sum(totals) / (time.perf_counter() - started), sum(totals), len(errors)
 
 
-def start_server(model_dir: Path, port: int, concurrency: int) -> subprocess.Popen:
+def start_server(model_dir: Path, port: int, concurrency: int, batching: str = "auto") -> subprocess.Popen:
     import httpx2 as httpx
 
     process = subprocess.Popen([sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--port", str(port),
-                                "--no-lora", "--max-concurrency", str(concurrency)], cwd=ROOT,
+                                "--no-lora", "--max-concurrency", str(concurrency), "--batching", batching], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="Passes over the prompts for the 1-client figures.")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
+                        help="the second server's --batching (the first queues: --max-concurrency 1, no batching)")
     args = parser.parse_args()
 
     import logging
@@ -129,7 +135,7 @@ def main() -> None:
         direct = direct_generate(model_dir, prompts, args.tokens)
         for concurrency in (1, args.concurrency):
             port = free_port()
-            server = start_server(model_dir, port, concurrency)
+            server = start_server(model_dir, port, concurrency, "off" if concurrency == 1 else args.batching)
             try:
                 client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
                 client.served_model = client.models.list().data[0].id  # the server's default model id
@@ -149,11 +155,13 @@ def main() -> None:
                           f"first token x{ttft:.2f}")
                     label = "queued (--max-concurrency 1)"
                 else:
+                    single, _, _ = concurrent_clients(client, 1, args.tokens)
                     many, many_tokens, errors = concurrent_clients(client, args.concurrency, args.tokens)
-                    label = f"parallel generate threads (--max-concurrency {concurrency})"
+                    label = f"--max-concurrency {concurrency} --batching {args.batching}"
+                    print(f"  1 client, {label}: {single:.1f} tokens/s")
                 print(f"  {args.concurrency} concurrent clients, {label}: {many_tokens} tokens, {errors} errors, "
                       f"aggregate {many:.1f} tokens/s = x{many / single:.2f} of one client ({single:.1f} tokens/s)")
-                if concurrency == 1:
+                if concurrency == 1 or concurrency >= 32:
                     most, most_tokens, errors = concurrent_clients(client, 32, args.tokens)
                     print(f"  32 concurrent clients, {label}: {most_tokens} tokens, {errors} errors, "
                           f"aggregate {most:.1f} tokens/s = x{most / single:.2f} of one client")

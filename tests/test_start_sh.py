@@ -82,7 +82,8 @@ def test_start_sh_help_lists_the_options(tuned_model_dir):
     result = subprocess.run([str(tuned_model_dir / "start.sh"), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for flag in ("--port", "--host", "--api-key", "--dtype", "--device", "--quantization", "--cpu-offload",
-                 "--max-concurrency", "--engine", "--chat", "--no-lora", "--load-lora"):
+                 "--max-concurrency", "--engine", "--chat", "--no-lora", "--load-lora", "--gguf-quant", "--threads",
+                 "--batching"):
         assert flag in result.stdout, flag
 
 
@@ -113,6 +114,7 @@ def test_vllm_command_passes_the_adapter_and_its_rank(tuned_model_dir):
     assert modules == [f"tuned-model:lora={tuned_model_dir / 'lora'}", f"second={tuned_model_dir / 'lora'}"]
     assert command[command.index("--max-loras") + 1] == "2"
     assert "k" not in command  # the key goes through the environment, not the visible command line
+    assert "--max-num-seqs" not in command  # vLLM batches as many as it sees fit unless --max-concurrency is given
 
 
 @pytest.mark.parametrize(("ranks", "expected"), [([8], 8), ([4], 8), ([9, 16], 16), ([33], 64), ([300], 320),
