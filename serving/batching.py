@@ -16,9 +16,12 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 log = logging.getLogger("serve")
 POLL_SECONDS = 0.1  # how often a waiting request looks at its cancel flag
+GPU_MEMORY_SHARE = 0.5
+CPU_PAGES = 64
 
 
 def batchable(params) -> bool:
@@ -46,8 +49,11 @@ class ContinuousBatcher:
         # processors; every request then sets all three (_sampling).
         config = GenerationConfig(do_sample=True, temperature=0.5, top_k=1, top_p=0.5, max_new_tokens=256,
                                   eos_token_id=sorted(eos_ids), pad_token_id=pad_token_id)
+        # The KV cache is sized from free memory: on a GPU half of it (requests batching cannot serve still need
+        # room in generate); on the CPU (batching forced on) a fixed 64 pages of 256 tokens instead of most of the RAM.
+        sizing = {"num_blocks": CPU_PAGES} if model.device.type == "cpu" else {"max_memory_percent": GPU_MEMORY_SHARE}
         batching = ContinuousBatchingConfig(per_request_processors=True, use_cuda_graph=False,
-                                            auto_switch_to_flash=False)
+                                            auto_switch_to_flash=False, **sizing)
         self._manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=batching)
         self._manager.start()
         self._queues: dict[str, queue.Queue] = {}
@@ -55,6 +61,10 @@ class ContinuousBatcher:
         self._stopped = threading.Event()
         self._router = threading.Thread(target=self._route, name="batch-router", daemon=True)
         self._router.start()
+        # The manager allocates its cache on the first request (seconds): pay it now, not on a user's request.
+        warm_up = SimpleNamespace(max_tokens=1, temperature=0, top_p=1.0, ignore_eos=True)
+        for _ in self.tokens([pad_token_id or 0], warm_up, threading.Event()):
+            pass
 
     def _route(self) -> None:
         while not self._stopped.is_set():
