@@ -47,7 +47,7 @@ class ServeConfig:
     max_concurrency: int = _opt("Requests generating at once (default: 32 with --batching, else 1); more wait in "
                                 "a queue.", 0)
     batching: str = _opt("Continuous batching of concurrent requests (transformers engine): auto = on a CUDA GPU "
-                         "(on the CPU it is slower than queueing).", "auto", choices=BATCHING)
+                         "(on the CPU it helps many clients and slows a lone one).", "auto", choices=BATCHING)
     engine: str = _opt("Inference engine (default transformers). llama.cpp: several times faster on a CPU (GGUF made "
                        "on first use; install it with ./llm-installer setup --engine llama.cpp); vllm: GPU "
                        "production server (vLLM installed).", "transformers", choices=ENGINES)

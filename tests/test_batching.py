@@ -1,6 +1,7 @@
-"""Continuous batching (on by default on CUDA), forced on here on the CPU with the built-in tiny model:
-concurrent requests get the answers `generate` gives them alone, stop strings and departures free their
-slot, and requests batching cannot serve exactly still run through `generate`."""
+"""Continuous batching (on by default on CUDA), forced on here on the CPU with the tuned built-in model:
+concurrent requests get the answers `generate` gives them alone, for the base model and the adapter, stop
+strings and departures free their slot, and requests batching cannot serve exactly still run through
+`generate`."""
 
 import threading
 
@@ -14,8 +15,8 @@ PROMPTS = ["Hello", "What is the capital of France?", "Count to five.", "Tell me
 
 
 @pytest.fixture(scope="module")
-def batched(builtin_model_dir):
-    state = load_state(builtin_model_dir, batching="on")
+def batched(tuned_model_dir):
+    state = load_state(tuned_model_dir, batching="on")
     calls = []
     tokens = state.engine._batcher.tokens
 
@@ -29,10 +30,9 @@ def batched(builtin_model_dir):
     state.engine.close()
 
 
-def _ask(client, prompt, **extra):
+def _ask(client, prompt, model="tuned-model:lora", **extra):
     extra.setdefault("temperature", 0)
-    return client.chat.completions.create(model="builtin_tiny-chat", messages=[{"role": "user", "content": prompt}],
-                                          **extra)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **extra)
 
 
 def test_concurrent_greedy_requests_are_batched_and_answer_as_generate_does(batched):
@@ -43,6 +43,7 @@ def test_concurrent_greedy_requests_are_batched_and_answer_as_generate_does(batc
     def one(index, prompt):
         try:
             answers[index] = _ask(client, prompt, max_tokens=8 + 4 * index)
+            answers["base", index] = _ask(client, prompt, "tuned-model", max_tokens=8 + 4 * index)
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -51,14 +52,16 @@ def test_concurrent_greedy_requests_are_batched_and_answer_as_generate_does(batc
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors and len(calls) == len(PROMPTS)
+    assert not errors and len(calls) == 2 * len(PROMPTS)
     for index, prompt in enumerate(PROMPTS):  # a seed sends a greedy request through generate() instead
-        alone = _ask(client, prompt, max_tokens=8 + 4 * index, seed=1)
-        reply = answers[index]
-        assert reply.choices[0].message.content == alone.choices[0].message.content
-        assert reply.usage.completion_tokens == alone.usage.completion_tokens
-        assert reply.choices[0].finish_reason == alone.choices[0].finish_reason
-    assert len(calls) == len(PROMPTS)
+        for model, key in (("tuned-model:lora", index), ("tuned-model", ("base", index))):
+            alone = _ask(client, prompt, model, max_tokens=8 + 4 * index, seed=1)
+            reply = answers[key]
+            assert reply.choices[0].message.content == alone.choices[0].message.content
+            assert reply.usage.completion_tokens == alone.usage.completion_tokens
+            assert reply.choices[0].finish_reason == alone.choices[0].finish_reason
+    assert answers[1].choices[0].message.content != answers["base", 1].choices[0].message.content  # the adapter
+    assert len(calls) == 2 * len(PROMPTS)
 
 
 def test_stop_strings_streaming_and_unbatchable_requests(batched):
