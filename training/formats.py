@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .data_sources import DataError, SourceRecords
 
-KNOWN_FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision")
+KNOWN_FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision", "preference")
 TEXT_TASK_FORMATS = {"text", "completion"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
@@ -22,6 +22,7 @@ IMAGE_KEYS = ("image", "images", "image_path", "image_url")
 
 # (format, keys that must all be present) in detection order.
 SIGNATURES = (
+    ("preference", ("chosen", "rejected")),  # TRL's preference format, explicit prompt or implicit
     ("openai", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("vision", ("image",)),
@@ -32,7 +33,8 @@ SIGNATURES = (
     ("text", ("text",)),
 )
 REQUIRED = {"openai": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
-            "qa": ("question", "answer"), "completion": ("prompt", "completion"), "text": ("text",), "vision": ()}
+            "qa": ("question", "answer"), "completion": ("prompt", "completion"), "text": ("text",), "vision": (),
+            "preference": ("chosen", "rejected")}
 
 
 @dataclass
@@ -46,6 +48,10 @@ class Example:
     prompt: str = ""
     completion: str = ""
     image: str | None = None
+    # preference pairs: the prompt is in `messages` (chat) or `prompt` (text); the answers are lists of
+    # messages (chat) or strings (text)
+    chosen: list[dict] | str | None = None
+    rejected: list[dict] | str | None = None
 
     @property
     def is_chat(self) -> bool:
@@ -154,6 +160,10 @@ def convert_record(record: dict, fmt: str, origin: str, index: int) -> Example:
         raise DataError(f"{where}: missing field(s) {', '.join(missing)} for {fmt} format.")
     if fmt in CHAT_CONVERTERS:
         return Example(fmt, origin, index, messages=CHAT_CONVERTERS[fmt](record, where))
+    if fmt == "preference":
+        from .preference_format import convert_preference
+
+        return convert_preference(record, origin, index)
     if fmt == "completion":
         return Example(fmt, origin, index, prompt=_text(record["prompt"], where, "prompt"),
                        completion=_text(record["completion"], where, "completion"))
@@ -191,5 +201,8 @@ def refuse_images(examples: list[Example], model: str) -> None:
 
 
 def task_type(examples: list[Example]) -> str:
-    """'text' when every example is plain text or completion, else 'qa' (instructions, chat, QA)."""
+    """'text' when every example is plain text or completion, 'preference' for preference pairs, else 'qa'
+    (instructions, chat, QA)."""
+    if examples and all(e.format == "preference" for e in examples):
+        return "preference"
     return "text" if examples and all(e.format in TEXT_TASK_FORMATS for e in examples) else "qa"

@@ -25,13 +25,14 @@ class PackedRow:
         return len(self.input_ids)
 
 
-def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
-    """First-fit-decreasing packing of `examples` into rows of at most `row_length` tokens (deterministic)."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+def pack_members(lengths: list[int], row_length: int) -> list[list[int]]:
+    """First-fit-decreasing packing of sequences of these lengths into rows of at most `row_length` tokens:
+    the indices in each row (deterministic)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     members: list[list[int]] = []
     space: list[int] = []
     for index in order:
-        size = len(examples[index].input_ids)
+        size = lengths[index]
         row = next((r for r, free in enumerate(space) if size <= free), None)
         if row is None:
             members.append([index])
@@ -39,6 +40,12 @@ def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
         else:
             members[row].append(index)
             space[row] -= size
+    return members
+
+
+def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
+    """First-fit-decreasing packing of `examples` into rows of at most `row_length` tokens (deterministic)."""
+    members = pack_members([len(e.input_ids) for e in examples], row_length)
     return [_concatenate([examples[i] for i in row]) for row in members]
 
 

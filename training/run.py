@@ -25,9 +25,11 @@ from .loop import StopSignal, Trainer
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
 from .outputs import plot_history, publish_adapter
 from .planning import choose_max_length, plan_batches, split_examples
+from .preference import PreferenceObjective, preference_summary, prepare_reference, resolve_method, tokenize_pairs
 from .report import final_report, sample_answers
 from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
 from .schedule import Plan
+from .start_adapter import load_into, start_adapter_for
 from .summary import adapter_info
 from .tokenize import ensure_chat_template, tokenize_all
 
@@ -80,12 +82,15 @@ def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model
     tokenizer = load_tokenizer(model_path)
     fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
-    tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
+    if resolve_method(cfg, examples):  # preference pairs: DPO
+        tokenized = tokenize_pairs(tokenizer, examples, max_length)
+    else:
+        tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
     truncated = sum(t.truncated for t in tokenized)
     formats = sorted({e.format for e in examples})
     task = task_type(examples)
     log.info("Data: %d examples from %d source(s), formats %s, task type %s.", len(examples), len(sources),
-             ", ".join(formats), "text generation" if task == "text" else "QA/instruction")
+             ", ".join(formats), {"text": "text generation", "preference": "preference pairs"}.get(task, "QA/instruction"))
     if fallback_used:
         log.info("The model has no chat template: using the %s handler's fallback (saved with the adapter).",
                  handler.name)
@@ -112,6 +117,7 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
 
     checkpoints = workdir / "checkpoints"
     checkpoint = find_checkpoint(cfg.resume, cfg.resume_from, checkpoints)
+    start = start_adapter_for(cfg, checkpoint, workdir, model_path, info)
     placement = choose_placement(cfg.device if cfg.device != "auto" else info.get("defaults", {}).get("device",
                                                                                                        "auto"), handler)
     processes = resolve_processes(cfg.num_processes, placement.device)
@@ -132,14 +138,18 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     batches = plan_batches(cfg.batch_size, cfg.gradient_accumulation_steps, len(split.train), lengths, row_length,
                            model_config, device_name(device), placement.precision, checkpointing, processes, circular)
     parameters = info.get("parameters") or sum(p.numel() for p in model.parameters())
-    rank, alpha, targets = _lora_shape(cfg, checkpoint, model, handler, parameters)
+    rank, alpha, targets = (start.rank, start.alpha, start.targets) if start else _lora_shape(
+        cfg, checkpoint, model, handler, parameters)
     if is_small_model(parameters) and not (cfg.target_modules and cfg.learning_rate):
         log.info("Small model (%s parameters, under 50M): LoRA on every linear layer and a %.0e base "
                  "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
     model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, quantized,
                            checkpointing or (quantized and handler.gradient_checkpointing))
+    if start:
+        load_into(model, start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    origin = " (the checkpoint's)" if checkpoint else "" if cfg.lora_r else " (auto from model size)"
+    origin = " (the checkpoint's)" if checkpoint else " (--from-adapter)" if start else "" if cfg.lora_r else \
+        " (auto from model size)"
     log.info("LoRA: rank %d%s, alpha %d, targets %s; %s trainable parameters (%.2f%% of %s).", rank, origin, alpha,
              ",".join(targets), f"{trainable:,}", 100 * trainable / max(1, parameters), f"{parameters:,}")
     if is_main_process():
@@ -163,12 +173,15 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     accelerator = make_accelerator(Topology(processes, cfg.strategy, cfg.zero_stage), placement.device,
                                    placement.precision, batches.accumulation, batches.micro_batch)
     trainer = Trainer(model, plan, split.train, split.val, monitor, tokenizer.pad_token_id, cfg.seed, accelerator,
-                      status=lambda line: log.info(line), use_liger=placement.device == "cuda")
+                      status=lambda line: log.info(line), use_liger=placement.device == "cuda",
+                      objective=PreferenceObjective(cfg.dpo_beta) if task == "preference" else None)
     try:
         resumed = start_or_resume(trainer, checkpoint, checkpoints, cfg.data)
     except NothingToResume as done:
         log.info("%s", done)
         return 0
+    if task == "preference":
+        prepare_reference(trainer, split, start, checkpoints, resumed)
     main = is_main_process()
     writer = trainer.writer = _tensorboard_writer(workdir, cfg) if main else None
     board = tensorboard_server.start(workdir, cfg.tensorboard_port) if main and not cfg.no_tensorboard else None
@@ -187,6 +200,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         summary = adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
                                rules, reason, monitor, trainer.state, baseline, which, started, truncated,
                                resumed, bool(split.val))
+        if task == "preference":
+            summary["preference"] = preference_summary(trainer, monitor, bool(split.val))
         previous = publish_adapter(chosen, output, summary)
         _copy_logs(workdir, output)
         plot_history(trainer.state.history, workdir / "training_history.png")
