@@ -53,16 +53,20 @@ def sample_answers(model, tokenizer, adapter_dir: Path, examples, held_out: bool
 def final_report(info: dict, samples: dict | None, model_dir: Path | None = None) -> str:
     """A short human-readable summary, ending with what to run next."""
     metrics = info["metrics"]
+    preference = info.get("preference")
     lines = ["", "=" * 60, "Training report", "=" * 60, f"Stop reason:      {info['stop_reason']}",
              f"Adapter kept:     {info['adapter']}"]
     if metrics["baseline_val_loss"] is not None and metrics["best_val_loss"] is not None:
         lines.append(f"Validation loss:  {metrics['baseline_val_loss']:.4f} before -> {metrics['best_val_loss']:.4f}"
-                     " best")
-        lines.append(f"Perplexity:       {metrics['baseline_perplexity']:.2f} before -> "
-                     f"{metrics['best_perplexity']:.2f} best")
+                     " best" + (" (DPO loss)" if preference else ""))
+        if not preference:
+            lines.append(f"Perplexity:       {metrics['baseline_perplexity']:.2f} before -> "
+                         f"{metrics['best_perplexity']:.2f} best")
     elif metrics.get("first_train_loss") is not None and metrics.get("best_train_loss") is not None:
         lines.append(f"Training loss:    {metrics['first_train_loss']:.4f} first step -> "
                      f"{metrics['best_train_loss']:.4f} best (no validation set)")
+    if preference:
+        lines += _preference_lines(preference)
     processes = info.get("distributed", {}).get("processes", 1)
     lines.append(f"Steps:            {metrics['steps']} optimizer steps ({metrics['evaluations']} evaluations, "
                  f"{info['timings']['seconds']:.1f}s{f', {processes} processes' if processes > 1 else ''})")
@@ -80,3 +84,16 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
                   f"            llm-installer export {here} --format ollama --create NAME  (then: ollama run NAME)"]
     lines.append("=" * 60)
     return "\n".join(lines)
+
+
+def _preference_lines(preference: dict) -> list[str]:
+    """DPO: reward accuracy (pairs whose chosen answer gains more than the rejected one over the reference)
+    and the mean reward margin, at the kept evaluation."""
+    lines = [f"DPO:              beta {preference['beta']:g}, reference {preference['reference']}"]
+    for label, entry in (("kept", preference.get("best")), ("last", preference.get("final"))):
+        if entry is None or (label == "last" and entry == preference.get("best")):
+            continue
+        lines.append(f"Rewards ({label}):  accuracy {entry['reward_accuracy']:.0%}, margin {entry['reward_margin']:.3f} "
+                     f"(chosen {entry['reward_chosen']:+.3f}, rejected {entry['reward_rejected']:+.3f}) on "
+                     f"{preference['measured_on']}, step {entry['step']}")
+    return lines
