@@ -77,6 +77,8 @@ def test_detection_makes_the_method_dpo_and_dpo_needs_preference_data():
         resolve_method(TrainConfig(data="x", model_dir="m", method="dpo"), sft)
     with pytest.raises(MethodError, match=r"^qa\.json is in qa format while prefs\.json holds preference pairs"):
         resolve_method(TrainConfig(data="x", model_dir="m"), pairs + sft)
+    with pytest.raises(MethodError, match=r"^--train-on-prompt does not apply to preference pairs"):
+        resolve_method(TrainConfig(data="x", model_dir="m", train_on_prompt=True), pairs)
     qlora = TrainConfig(data="x", model_dir="m", method="qlora")
     assert resolve_method(qlora, pairs) and qlora.method == "qlora"  # DPO on the 4-bit base
 
@@ -366,3 +368,32 @@ def test_a_dpo_run_resumes_against_the_adapter_it_started_from(model_dir, tmp_pa
     # current weights it would start again at ln 2, had it become the base (far from the random starting
     # adapter; beta 2 magnifies the difference) it would jump
     assert all(losses[step + 1] < losses[step] for step in range(1, resumed_at + 1)), (losses, resumed_at)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_real_model_dpo_prefers_the_chosen_answers(tmp_path):
+    """SmolLM2-135M-Instruct: a few DPO epochs on 12 pairs (answer vs refusal) through train.sh."""
+    from conftest import copy_installed
+    from real_model import smollm2_model_dir
+    from test_train_modes import _info, _train
+
+    from installer.install import InstallOptions, install
+
+    result = install(InstallOptions(model=str(smollm2_model_dir()), models_dir=tmp_path / "models", name="smol"),
+                     echo=lambda _m: None)
+    model_dir = copy_installed(result.model_dir.root, tmp_path / "smol")
+    pairs = [{"prompt": [{"role": "user", "content": f"What is the code of vault {i}?"}],
+              "chosen": [{"role": "assistant", "content": f"The code of vault {i} is {(i * 7919) % 10000:04d}."}],
+              "rejected": [{"role": "assistant", "content": "I cannot tell you that."}]} for i in range(12)]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(pairs))
+    run = _train(model_dir, "--data", str(data), "--epochs", "3", "--force-epochs", "--batch-size", "4",
+                 "--lora-dropout", "0", "--lora-r", "8", "--target-modules", "q_proj,v_proj", "--learning-rate", "5e-4")
+    assert run.returncode == 0, run.stdout
+    info = _info(model_dir)
+    assert info["task_type"] == "preference" and info["metrics"]["steps"] == 9
+    assert info["metrics"]["first_train_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at first
+    kept = info["preference"]["best"]
+    assert kept["reward_accuracy"] == 1.0 and kept["reward_margin"] > 0.1
+    assert info["metrics"]["best_train_loss"] < 0.6

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .config import FORMATS
 from .data_sources import DataError, SourceRecords
 
-KNOWN_FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision", "preference")
+KNOWN_FORMATS = FORMATS  # defined once, with the --dataset-format choices
 TEXT_TASK_FORMATS = {"text", "completion"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",

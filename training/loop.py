@@ -106,6 +106,8 @@ class Trainer:
         self.total = total_steps(plan, len(train_set))
         self.val_batches = self.objective.eval_batches(self.val_set, plan.row_length, max(1, plan.eval_rows)) \
             if self.val_set else []
+        self._local_stats = None  # this process's objective statistics of the step being trained
+        self._step_stats: list[float] = []  # ... summed over every process
         self.step_metrics: dict[str, float] = {}  # the objective's statistics of the last step (all processes)
         self.eval_metrics: dict[str, float] = {}  # ... and of the last evaluation
         self.stop_reason: str | None = None
@@ -155,8 +157,7 @@ class Trainer:
         which also sums the objective's statistics (kept, summed, in `_step_stats`)."""
         import torch
 
-        stats = getattr(self, "_local_stats", None)
-        stats = stats if stats is not None else torch.zeros(0, device=local_loss.device)
+        stats = self._local_stats if self._local_stats is not None else torch.zeros(0, device=local_loss.device)
         packed = torch.cat([torch.stack([local_loss.float(), torch.tensor(float(stop_requested),
                                                                           device=local_loss.device)]), stats])
         total = self.accelerator.reduce(packed, reduction="sum") if self.plan.processes > 1 else packed

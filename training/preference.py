@@ -48,6 +48,9 @@ def resolve_method(cfg, examples: list[Example]) -> bool:
                           f"{first.origin} is in {first.format} format.")
     if not preference:
         return False
+    if cfg.train_on_prompt:
+        raise MethodError("--train-on-prompt does not apply to preference pairs: DPO compares the answers' "
+                          "log-probabilities, never the prompt's; leave it out.")
     if len(preference) != len(examples):
         other = next(e for e in examples if e.format != "preference")
         raise MethodError(f"{other.origin} is in {other.format} format while {preference[0].origin} holds preference "
