@@ -7,7 +7,8 @@ its rejected answer the docstring of another function (plausible, wrong).
 
 1. Step time: the engine's Trainer on the same prompts, `--batch-size` examples per step, LoRA r=16 on every
    linear layer: SFT on (prompt, chosen) vs DPO on (prompt, chosen, rejected); mean of `--steps` optimizer
-   steps after one warm-up step, SFT and DPO steps interleaved. DPO's step runs the policy over both
+   steps after one warm-up step, SFT and DPO steps interleaved (and SFT on twice the examples: as many
+   tokens as DPO's step). DPO's step runs the policy over both
    answers; its reference log-probs were computed once before training (timed separately, per pair).
 2. Reward accuracy: `./train.sh --data pairs.json` (DPO detected) on `--pairs` pairs with a validation split,
    as a user runs it; the report's reward accuracy and margin on the validation pairs.
@@ -105,17 +106,19 @@ def step_times(steps: int, batch: int) -> dict:
     sft = tokenize_all(tokenizer, examples_from_source(SourceRecords("sft", sft_raw), None), max_length)
     pairs = tokenize_pairs(tokenizer, examples_from_source(SourceRecords("pairs", pairs_raw), None), max_length)
     sft_trainer = _trainer(model_path, sft, None, batch, max_length)
+    sft_double = _trainer(model_path, sft, None, 2 * batch, max_length)  # SFT on as many tokens as DPO's step
     dpo_trainer = _trainer(model_path, pairs, PreferenceObjective(0.1), batch, max_length)
     started = time.perf_counter()
     compute_reference(dpo_trainer, pairs, None)
     reference = (time.perf_counter() - started) / len(pairs)
-    for trainer in (sft_trainer, dpo_trainer):
+    for trainer, size in ((sft_trainer, batch), (sft_double, 2 * batch), (dpo_trainer, batch)):
         trainer._set_lr()
-        _step(trainer, 0, batch)  # warm-up
-    sft_times, dpo_times = [], []
+        _step(trainer, 0, size)  # warm-up
+    sft_times, double_times, dpo_times = [], [], []
     for step in range(1, steps + 1):
         sft_times.append(_step(sft_trainer, step, batch))
         dpo_times.append(_step(dpo_trainer, step, batch))
+        double_times.append(_step(sft_double, step, 2 * batch))
     sft_step, dpo_step = sum(sft_times) / steps, sum(dpo_times) / steps
     tokens = [sum(len(data[i].input_ids) for s in range(1, steps + 1) for i in range(
         s * batch % max(1, len(data) - batch), s * batch % max(1, len(data) - batch) + batch)) / steps
@@ -123,7 +126,8 @@ def step_times(steps: int, batch: int) -> dict:
     return {"examples_per_step": batch, "sft_step_s": round(sft_step, 3), "dpo_step_s": round(dpo_step, 3),
             "dpo_over_sft": round(dpo_step / sft_step, 2), "reference_pass_s_per_pair": round(reference, 3),
             "sft_tokens_per_step": round(tokens[0]), "dpo_tokens_per_step": round(tokens[1]),
-            "dpo_over_sft_per_token": round(dpo_step / tokens[1] / (sft_step / tokens[0]), 2)}
+            "dpo_over_sft_per_token": round(dpo_step / tokens[1] / (sft_step / tokens[0]), 2),
+            "sft_2x_examples_step_s": round(sum(double_times) / steps, 3)}
 
 
 def reward_accuracy(count: int, epochs: int) -> dict:

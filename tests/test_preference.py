@@ -315,7 +315,7 @@ def test_sft_then_dpo_from_the_adapter_switches_greedy_answers_to_the_chosen_one
     assert info["task_type"] == "preference" and info["hyperparameters"]["method"] == "dpo"
     kept = info["preference"]["best"]
     assert kept["reward_accuracy"] == 1.0 and kept["reward_margin"] > 0 and kept["reward_chosen"] > kept["reward_rejected"]
-    assert "Rewards (kept):  accuracy 100%" in dpo.stdout
+    assert "Rewards (kept):    accuracy 100%" in dpo.stdout
     # the SFT adapter is kept in lora.prev and, for a resume, in checkpoints/reference
     for kept_dir in (model_dir / "lora.prev", model_dir / "checkpoints" / "reference"):
         weights = load_file(str(kept_dir / "adapter_model.safetensors"))
@@ -397,3 +397,21 @@ def test_real_model_dpo_prefers_the_chosen_answers(tmp_path):
     kept = info["preference"]["best"]
     assert kept["reward_accuracy"] == 1.0 and kept["reward_margin"] > 0.1
     assert info["metrics"]["best_train_loss"] < 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_two_processes_train_dpo_like_one(model_dir, tmp_path):
+    """The pair-weighted step and the reference pass, shared out over 2 CPU processes, give the same adapter."""
+    from safetensors.torch import load_file
+    from test_train_modes import _train
+
+    _, dpo_data = _sft_then_dpo_data(tmp_path)
+    same = ["--data", dpo_data, "--force-epochs", "--epochs", "2", "--validation-split", "0", "--lora-dropout", "0",
+            "--learning-rate", "1e-2", "--device", "cpu"]
+    assert _train(model_dir, *same, "--batch-size", "2").returncode == 0
+    one = load_file(str(model_dir / "lora" / "adapter_model.safetensors"))
+    two = _train(model_dir, *same, "--batch-size", "1", "--num-processes", "2")
+    assert two.returncode == 0, two.stdout
+    other = load_file(str(model_dir / "lora" / "adapter_model.safetensors"))
+    assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-3 < max(float(v.abs().max()) for v in one.values())

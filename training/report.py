@@ -93,7 +93,7 @@ def _preference_lines(preference: dict) -> list[str]:
     for label, entry in (("kept", preference.get("best")), ("last", preference.get("final"))):
         if entry is None or (label == "last" and entry == preference.get("best")):
             continue
-        lines.append(f"Rewards ({label}):  accuracy {entry['reward_accuracy']:.0%}, margin {entry['reward_margin']:.3f} "
+        lines.append(f"{f'Rewards ({label}):':<18}accuracy {entry['reward_accuracy']:.0%}, margin {entry['reward_margin']:.3f} "
                      f"(chosen {entry['reward_chosen']:+.3f}, rejected {entry['reward_rejected']:+.3f}) on "
                      f"{preference['measured_on']}, step {entry['step']}")
     return lines
