@@ -13,7 +13,7 @@ its rejected answer the docstring of another function (plausible, wrong).
 2. Reward accuracy: `./train.sh --data pairs.json` (DPO detected) on `--pairs` pairs with a validation split,
    as a user runs it; the report's reward accuracy and margin on the validation pairs.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/dpo_real.py [--steps 5] [--batch-size 4] [--pairs 80] [--skip-train]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/dpo_real.py [--steps 5] [--batch-size 4] [--pairs 80] [--only steps|train]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def reward_accuracy(count: int, epochs: int) -> dict:
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(result.stdout[-3000:])
+        raise SystemExit(f"train.sh exited with {result.returncode}:\n{result.stdout[-3000:]}")
     info = json.loads((model_dir / "lora" / "adapter_info.json").read_text())
     lines = [line for line in result.stdout.splitlines() if line.startswith(("DPO", "Rewards", "Validation", "Steps"))]
     return {"pairs": count, "seconds": round(seconds, 1), "preference": info["preference"],
@@ -164,12 +164,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=80)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--only", choices=("steps", "train"), help="run one part only")
     args = parser.parse_args()
     load = os.getloadavg()
     print(json.dumps({"load_before": [round(x, 2) for x in load]}), flush=True)
-    print(json.dumps(step_times(args.steps, args.batch_size), indent=1), flush=True)
-    if not args.skip_train:
+    if args.only != "train":
+        print(json.dumps(step_times(args.steps, args.batch_size), indent=1), flush=True)
+    if args.only != "steps":
         print(json.dumps(reward_accuracy(args.pairs, args.epochs), indent=1), flush=True)
     print(json.dumps({"load_after": [round(x, 2) for x in os.getloadavg()]}), flush=True)
 
