@@ -22,11 +22,13 @@ from .formats import examples_from_source, refuse_images, task_type
 from .guards import RunLock, check_disk, disk_full_error, is_disk_full
 from .launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from .loop import StopSignal, Trainer
+from .mixing import is_mix, share_lines, split_sources
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
 from .outputs import plot_history, publish_adapter
-from .planning import choose_max_length, plan_batches, split_examples
+from .planning import choose_max_length, plan_batches
 from .report import final_report, sample_answers
 from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
+from .runfile import RUN_FILE, run_file_text, saved_config
 from .schedule import Plan
 from .summary import adapter_info
 from .tokenize import ensure_chat_template, tokenize_all
@@ -104,8 +106,10 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         cfg, handler, info, model_path, model_config)
     circular = cfg.circular
     evals_per_epoch = 1 if circular else cfg.preset.evals_per_epoch
-    split = split_examples(tokenized, cfg.validation_split, cfg.seed, evals_per_epoch)
+    split, shares = split_sources(tokenized, examples, sources, cfg.validation_split, cfg.seed, evals_per_epoch)
     log.info("Split: %s.", split.note)
+    for line in share_lines(shares) if is_mix(shares) else []:
+        log.info("%s", line)
     if len(examples) < SMALL_DATASET and not circular and cfg.mode != "non-stop":
         log.info("Hint: %d examples is a small dataset; --circular trains it for many more passes and stops on "
                  "perfect loss.", len(examples))
@@ -187,7 +191,9 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         summary = adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
                                rules, reason, monitor, trainer.state, baseline, which, started, truncated,
                                resumed, bool(split.val))
-        previous = publish_adapter(chosen, output, summary)
+        summary.update(config=saved_config(cfg, output, workdir), mix=[s.as_dict() for s in shares] if is_mix(shares)
+                       else None)
+        previous = publish_adapter(chosen, output, summary, {RUN_FILE: run_file_text(summary["config"])})
         _copy_logs(workdir, output)
         plot_history(trainer.state.history, workdir / "training_history.png")
         log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
