@@ -191,8 +191,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         summary = adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
                                rules, reason, monitor, trainer.state, baseline, which, started, truncated,
                                resumed, bool(split.val))
-        summary.update(config=saved_config(cfg, output, workdir), mix=[s.as_dict() for s in shares] if is_mix(shares)
-                       else None)
+        summary["config"] = saved_config(cfg, output, workdir)  # also lora/run.yaml: --config repeats the run
+        summary["mix"] = [share.as_dict() for share in shares] if is_mix(shares) else None
         previous = publish_adapter(chosen, output, summary, {RUN_FILE: run_file_text(summary["config"])})
         _copy_logs(workdir, output)
         plot_history(trainer.state.history, workdir / "training_history.png")
