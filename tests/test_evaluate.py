@@ -187,7 +187,8 @@ def test_train_sh_evaluates_on_the_validation_set(model_dir):
     # the same examples, labels and objective as training's validation loss
     assert evaluation["tuned"]["loss"] == pytest.approx(info["metrics"]["best_val_loss"], rel=1e-3)
     assert evaluation["base"]["loss"] == pytest.approx(info["metrics"]["baseline_val_loss"], rel=1e-3)
-    assert "Evaluation on the validation set" in result.stdout and "exact match" in result.stdout
+    assert evaluation["setup"]["validation_examples"] == evaluation["base"]["examples"]
+    assert "validation examples" in result.stdout and "exact match" in result.stdout
 
 
 def test_report_says_when_there_is_no_validation_set():

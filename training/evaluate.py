@@ -28,7 +28,9 @@ NEW_TOKENS_MARGIN = 16  # beyond the longest reference answer: room to see a mod
 LOSS_BATCH_TOKENS = 16384  # tokens per forward pass of the loss (no gradients, logits only on answers)
 GENERATION_BATCH = {"cuda": 32}  # prompts generated together; other devices: DEFAULT_GENERATION_BATCH
 DEFAULT_GENERATION_BATCH = 8
-RUN_MAX_EXAMPLES = 64  # train.sh evaluates at most this many validation examples
+# train.sh evaluates at most this many validation examples (greedy answers cost seconds each on a CPU)
+RUN_MAX_EXAMPLES = {"cuda": 64}
+DEFAULT_RUN_MAX_EXAMPLES = 16
 TEXT_TASK_NOTE = "text examples have no prompt and answer: loss and perplexity only"
 
 
@@ -192,8 +194,7 @@ def compare(model, tokenizer, data: EvalSet, *, base: bool = True, tuned: bool =
     model.eval()
     results = {}
     if base:
-        switch_off = getattr(model, "disable_adapter", None) if tuned else None
-        with switch_off() if switch_off else nullcontext():
+        with model.disable_adapter() if tuned else nullcontext():
             results["base"] = evaluate_side(model, tokenizer, data, max_new_tokens, batch_size, device)
     if tuned:
         results["tuned"] = evaluate_side(model, tokenizer, data, max_new_tokens, batch_size, device)
@@ -250,9 +251,9 @@ def format_table(result: dict) -> str:
 
 def evaluate_run(model, tokenizer, adapter_dir, examples: list[Example], tokenized: list[Tokenized],
                  validation: list[Tokenized], device) -> dict:
-    """train.sh's end-of-run comparison: the base model against the adapter in `adapter_dir` on up to
-    RUN_MAX_EXAMPLES of the run's validation examples (`validation`: those of `tokenized`, which pairs with
-    `examples`). {"skipped": why} when there is nothing to evaluate on."""
+    """train.sh's end-of-run comparison: the base model against the adapter in `adapter_dir` on the first
+    RUN_MAX_EXAMPLES (per device type) of the run's validation examples (`validation`: those of `tokenized`,
+    which pairs with `examples`). {"skipped": why} when there is nothing to evaluate on."""
     import logging
 
     import torch
@@ -263,18 +264,21 @@ def evaluate_run(model, tokenizer, adapter_dir, examples: list[Example], tokeniz
     if not validation:
         return {"skipped": "no validation set"}
     held = {id(t) for t in validation}
-    chosen = [e for e, t in zip(examples, tokenized, strict=True) if id(t) in held][:RUN_MAX_EXAMPLES]
+    limit = RUN_MAX_EXAMPLES.get(str(device).split(":")[0], DEFAULT_RUN_MAX_EXAMPLES)
+    chosen = [e for e, t in zip(examples, tokenized, strict=True) if id(t) in held][:limit]
     data = prepare(tokenizer, chosen, max(len(t.input_ids) for t in validation))
     if not data.items:
         return {"skipped": "the validation examples' answers were cut off by --max-seq-length"}
     set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors"), device=str(device)))
-    log.info("Evaluating the base model and the tuned one on %d validation example(s)%s ...", len(data.items),
-             f" (the first {RUN_MAX_EXAMPLES} of {len(validation)})" if len(validation) > RUN_MAX_EXAMPLES else "")
+    log.info("Evaluating the base model and the tuned one on %d of the %d validation example(s) ...",
+             len(data.items), len(validation))
     try:
-        return compare(model, tokenizer, data, device=device)
+        result = compare(model, tokenizer, data, device=device)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"skipped": "out of GPU memory; run llm-installer eval with --batch-size 1"}
+    result["setup"]["validation_examples"] = len(validation)
+    return result
 
 
 def format_run_evaluation(evaluation: dict, model_dir) -> list[str]:
@@ -284,4 +288,6 @@ def format_run_evaluation(evaluation: dict, model_dir) -> list[str]:
     if "skipped" in evaluation:
         return [f"Evaluation:       skipped ({evaluation['skipped']}); run llm-installer eval "
                 f"{shlex.quote(str(model_dir or '.'))} --data HELD_OUT_DATA"]
-    return ["Evaluation on the validation set (base | tuned | change):"] + format_table(evaluation).splitlines()
+    setup = evaluation["setup"]
+    return [f"Evaluation on {setup['examples']} of the {setup['validation_examples']} validation examples "
+            "(llm-installer eval . --data FILE for more):"] + format_table(evaluation).splitlines()
