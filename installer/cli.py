@@ -401,7 +401,7 @@ def evaluate(target: str, models_dir: Path | None, as_json: bool, **options) -> 
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    from training.evaluate import format_table
+    from training.eval_report import format_table
 
     click.echo(format_table(result))
     click.echo(f"Took {result['setup']['seconds']:.1f}s.")

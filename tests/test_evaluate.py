@@ -127,7 +127,7 @@ def test_base_pass_switches_the_adapter_off(tiny_llama_dir):
 
 @pytest.mark.e2e
 def test_eval_shows_the_learned_facts(tuned_model_dir, tmp_path, cli):
-    from training.evaluate import format_table
+    from training.eval_report import format_table
 
     data = tmp_path / "facts.json"
     data.write_text(json.dumps(FACTS))
@@ -192,7 +192,7 @@ def test_train_sh_evaluates_on_the_validation_set(model_dir):
 
 
 def test_report_says_when_there_is_no_validation_set():
-    from training.evaluate import format_run_evaluation
+    from training.eval_report import format_run_evaluation
 
     lines = format_run_evaluation({"skipped": "no validation set"}, ROOT)
     assert len(lines) == 1 and "skipped (no validation set)" in lines[0] and "llm-installer eval" in lines[0]
