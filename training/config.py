@@ -123,7 +123,7 @@ class TrainConfig:
     tensorboard_port: int = _opt("Port for TensorBoard on localhost.", DEFAULT_TENSORBOARD_PORT)
     tensorboard_only: int | None = _opt("Only serve past training logs with TensorBoard [PORT].", None,
                                         nargs="?", const=DEFAULT_TENSORBOARD_PORT)
-    skip_test: bool = _opt("Skip the before/after sample answer at the end.", False)
+    skip_test: bool = _opt("Skip the before/after sample answer and the base-vs-tuned evaluation at the end.", False)
     save_total_limit: int = _opt("Numbered checkpoints to keep.", 3)
 
     def validate(self) -> TrainConfig:

@@ -18,13 +18,14 @@ from . import tensorboard_server
 from .autostop import Monitor, rules_for
 from .config import TrainConfig
 from .data_sources import DataError, load_sources
+from .evaluate import evaluate_run
 from .formats import examples_from_source, refuse_images, task_type
 from .guards import RunLock, check_disk, disk_full_error, is_disk_full
 from .launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from .loop import StopSignal, Trainer
 from .mixing import is_mix, share_lines, split_sources
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import plot_history, publish_adapter
+from .outputs import plot_history, publish_adapter, write_json
 from .planning import choose_max_length, plan_batches
 from .report import final_report, sample_answers
 from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
@@ -200,6 +201,9 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         samples = None
         if not cfg.skip_test and not interrupted:
             samples = sample_answers(model, tokenizer, chosen, examples, bool(split.val), device_name(device))
+            summary["evaluation"] = evaluate_run(model, tokenizer, chosen, examples, tokenized, split.val,
+                                                 device_name(device))
+            write_json(output / "adapter_info.json", summary)
         print(final_report(summary, samples, workdir), flush=True)
         return 130 if interrupted and cfg.mode != "non-stop" else 0
     except (OSError, RuntimeError) as exc:
