@@ -63,7 +63,7 @@ def load_merged(job: Job, dtype: str):
     return model, tokenizer
 
 
-def _stop_token_ids(tokenizer, template: str | None) -> list[int]:
+def stop_token_ids(tokenizer, template: str | None) -> list[int]:
     """End-of-turn tokens of the chat template that are single tokens of the vocabulary, for generation to
     stop at (ChatML's <|im_end|> when eos is <|endoftext|>, Llama 3's <|eot_id|>, ...)."""
     from .export_ollama import family_of
@@ -89,7 +89,7 @@ def save_merged(job: Job, model, tokenizer, dest: Path, dtype: str) -> None:
     if generation is not None:
         eos = generation.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        extra = [i for i in _stop_token_ids(tokenizer, template) if i not in eos]
+        extra = [i for i in stop_token_ids(tokenizer, template) if i not in eos]
         if extra:
             generation.eos_token_id = eos + extra
     model.save_pretrained(str(dest), max_shard_size=MAX_SHARD_SIZE, safe_serialization=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from .eval_report import format_run_evaluation
+
 SAMPLE_TOKENS = 48
 
 
@@ -76,6 +78,8 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
         label = "held-out prompt" if samples["held_out"] else "training prompt"
         lines += [f"Sample ({label}): {samples['prompt'][:200]}", f"  base model:  {samples['base'][:300]!r}",
                   f"  fine-tuned:  {samples['tuned'][:300]!r}"]
+    if info.get("evaluation"):
+        lines += format_run_evaluation(info["evaluation"], model_dir)
     if model_dir is not None:
         here = shlex.quote(str(model_dir))
         lines += ["Serve it:   ./start.sh   (./lora is loaded)",

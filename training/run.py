@@ -18,16 +18,19 @@ from . import tensorboard_server
 from .autostop import Monitor, rules_for
 from .config import TrainConfig
 from .data_sources import DataError, load_sources
+from .evaluate import evaluate_run
 from .formats import examples_from_source, refuse_images, task_type
 from .guards import RunLock, check_disk, disk_full_error, is_disk_full
 from .launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from .loop import StopSignal, Trainer
+from .mixing import is_mix, share_lines, split_sources
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import plot_history, publish_adapter
-from .planning import choose_max_length, plan_batches, split_examples
+from .outputs import plot_history, publish_adapter, write_json
+from .planning import choose_max_length, plan_batches
 from .preference import PreferenceObjective, preference_summary, prepare_reference, resolve_method, tokenize_pairs
 from .report import final_report, sample_answers
 from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
+from .runfile import RUN_FILE, run_file_text, saved_config
 from .schedule import Plan
 from .start_adapter import load_into, start_adapter_for
 from .summary import adapter_info
@@ -109,8 +112,10 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         cfg, handler, info, model_path, model_config)
     circular = cfg.circular
     evals_per_epoch = 1 if circular else cfg.preset.evals_per_epoch
-    split = split_examples(tokenized, cfg.validation_split, cfg.seed, evals_per_epoch)
+    split, shares = split_sources(tokenized, examples, sources, cfg.validation_split, cfg.seed, evals_per_epoch)
     log.info("Split: %s.", split.note)
+    for line in share_lines(shares) if is_mix(shares) else []:
+        log.info("%s", line)
     if len(examples) < SMALL_DATASET and not circular and cfg.mode != "non-stop":
         log.info("Hint: %d examples is a small dataset; --circular trains it for many more passes and stops on "
                  "perfect loss.", len(examples))
@@ -202,13 +207,18 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
                                resumed, bool(split.val))
         if task == "preference":
             summary["preference"] = preference_summary(trainer, monitor, bool(split.val))
-        previous = publish_adapter(chosen, output, summary)
+        summary["config"] = saved_config(cfg, output, workdir)  # also lora/run.yaml: --config repeats the run
+        summary["mix"] = [share.as_dict() for share in shares] if is_mix(shares) else None
+        previous = publish_adapter(chosen, output, summary, {RUN_FILE: run_file_text(summary["config"])})
         _copy_logs(workdir, output)
         plot_history(trainer.state.history, workdir / "training_history.png")
         log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
         samples = None
         if not cfg.skip_test and not interrupted:
             samples = sample_answers(model, tokenizer, chosen, examples, bool(split.val), device_name(device))
+            summary["evaluation"] = evaluate_run(model, tokenizer, chosen, examples, tokenized, split.val,
+                                                 device_name(device))
+            write_json(output / "adapter_info.json", summary)
         print(final_report(summary, samples, workdir), flush=True)
         return 130 if interrupted and cfg.mode != "non-stop" else 0
     except (OSError, RuntimeError) as exc:
