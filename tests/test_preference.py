@@ -415,3 +415,15 @@ def test_two_processes_train_dpo_like_one(model_dir, tmp_path):
     assert two.returncode == 0, two.stdout
     other = load_file(str(model_dir / "lora" / "adapter_model.safetensors"))
     assert max(float((one[k] - other[k]).abs().max()) for k in one) < 1e-3 < max(float(v.abs().max()) for v in one.values())
+
+
+def test_evaluation_scores_pairs_on_their_chosen_answers(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from training.evaluate import prepare
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    data = prepare(tokenizer, _examples({"prompt": [USER], "chosen": [BLUE], "rejected": [GREEN]},
+                                        {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}), 256)
+    answers = [tokenizer.decode(item.answer_ids) for item in data.answered]
+    assert len(answers) == 2 and answers[0].startswith("It is blue.") and answers[1].startswith(" blue.")

@@ -11,6 +11,7 @@ Prompts and references come from the training tokenization (training/tokenize.py
 train.sh reads works: the prompt is everything before the last answer (the chat template's
 generation prompt included), the reference is that answer's tokens decoded. Examples without a prompt
 (`text`, `completion` with an empty prompt) have no answer to compare: they get loss and perplexity only.
+Preference pairs are evaluated on their chosen answers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .formats import Example
+from .preference_format import chosen_example
 from .tokenize import IGNORE_INDEX, Tokenized, tokenize_example
 
 MAX_NEW_TOKENS_CAP = 512
@@ -75,6 +77,8 @@ def prepare(tokenizer, examples: list[Example], max_length: int) -> EvalSet:
     """Tokenize `examples` as training does (loss on answers only), keeping those with answer tokens."""
     items, dropped = [], 0
     for example in examples:
+        if example.format == "preference":
+            example = chosen_example(example)
         tokenized = tokenize_example(tokenizer, example, max_length)
         if tokenized.trainable == 0:
             dropped += 1

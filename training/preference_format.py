@@ -94,3 +94,10 @@ def convert_preference(record: dict, origin: str, index: int) -> Example:
     rejected = _openai({"messages": rejected}, f"{where} 'rejected'") if rejected else []
     _check_answers(kind, chosen, rejected, where)
     return Example("preference", origin, index, messages=prompt, chosen=chosen, rejected=rejected)
+
+
+def chosen_example(example: Example) -> Example:
+    """A preference pair as the SFT example of its chosen answer (what evaluation scores answers against)."""
+    if example.is_chat:
+        return Example("openai", example.origin, example.index, messages=example.messages + example.chosen)
+    return Example("completion", example.origin, example.index, prompt=example.prompt, completion=example.chosen)
