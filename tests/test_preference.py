@@ -427,3 +427,32 @@ def test_evaluation_scores_pairs_on_their_chosen_answers(tiny_llama_dir):
                                         {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}), 256)
     answers = [tokenizer.decode(item.answer_ids) for item in data.answered]
     assert len(answers) == 2 and answers[0].startswith("It is blue.") and answers[1].startswith(" blue.")
+
+
+def test_from_adapter_must_be_a_lora_adapter_of_this_model_and_keeps_its_shape(tmp_path, tiny_llama_dir):
+    import shutil
+
+    from training.config import TrainConfig
+    from training.start_adapter import read_start_adapter
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_llama_dir, model_dir / "model")
+    adapter = _random_adapter(model_dir, model_dir / "lora")
+    info = {"source": "org/tiny"}
+
+    def read(path="./lora", **flags):
+        return read_start_adapter(TrainConfig(data="x", model_dir=model_dir, from_adapter=path, **flags), model_dir,
+                                  model_dir / "model", info)
+
+    start = read()  # relative to the model directory, as the guide writes it
+    assert (start.path, start.rank, start.alpha, start.targets) == (adapter, 4, 8, ["q_proj", "v_proj"])
+    assert start.weights and all(".lora_" in key for key in start.weights)
+    with pytest.raises(DataError, match=r"has --lora-r 4, not 8: its shape is kept, so leave --lora-r out\.$"):
+        read(lora_r=8)
+    with pytest.raises(DataError, match=r"^--from-adapter .*/nowhere: no readable adapter_config\.json there"):
+        read("nowhere")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/elsewhere/model"}))
+    (adapter / "adapter_info.json").write_text(json.dumps({"base_model": "org/other"}))
+    with pytest.raises(DataError, match=r"was trained on org/other, not on this model \(org/tiny\); start from"):
+        read()
