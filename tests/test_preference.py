@@ -251,6 +251,9 @@ def test_packed_pairs_give_each_answers_own_log_probs_and_the_reference_is_the_s
     expected = sum(-float(torch.nn.functional.logsigmoid(torch.tensor(m))) for m in margins)
     assert int(count) == 3 and float(loss_sum) == pytest.approx(expected, rel=1e-4)
     assert float(stats[0]) == sum(m > 0 for m in margins) and float(stats[1]) == pytest.approx(sum(margins), abs=1e-4)
+    # a fresh run from --from-adapter: the reference is the model as it is
+    compute_reference(trainer, pairs, None, adapter_on=True)
+    assert _flat(p.reference for p in pairs) == pytest.approx(_flat(now), rel=1e-4)
 
 
 def test_a_dpo_step_is_the_mean_over_its_pairs_whatever_the_accumulation(tmp_path, tiny_llama_dir, tiny_pairs,

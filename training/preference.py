@@ -233,10 +233,12 @@ class PreferenceObjective:
         return collate_pairs(batch, pad_id)
 
 
-def compute_reference(trainer, pairs: list[TokenizedPair], adapter_weights: dict | None) -> None:
+def compute_reference(trainer, pairs: list[TokenizedPair], adapter_weights: dict | None,
+                      adapter_on: bool = False) -> None:
     """Store the reference model's answer log-probs in every pair (training and validation), in one
-    no-grad pass shared out among the processes. The reference is the base with the adapter switched off,
-    or, given `adapter_weights`, the model with those adapter weights (the trained ones are put back)."""
+    no-grad pass shared out among the processes. The reference is the base with the adapter switched off;
+    with `adapter_on`, the model as it is (a fresh run from --from-adapter); given `adapter_weights`, the
+    model with those adapter weights (a resumed run; the trained ones are put back)."""
     import contextlib
 
     import torch
@@ -253,7 +255,8 @@ def compute_reference(trainer, pairs: list[TokenizedPair], adapter_weights: dict
     offsets = [0, *itertools.accumulate(len(group) for group in batches)]
     n, rank = trainer.plan.processes, trainer.accelerator.process_index
     results = torch.zeros(len(pairs), 2, device=trainer.accelerator.device)
-    switched_off = peft_model.disable_adapter() if adapter_weights is None else contextlib.nullcontext()
+    switched_off = contextlib.nullcontext() if adapter_on or adapter_weights is not None else \
+        peft_model.disable_adapter()
     trainer.loss_model.eval()
     try:
         with torch.no_grad(), switched_off:
@@ -279,7 +282,8 @@ def prepare_reference(trainer, split, start, checkpoints: Path, resumed: Path | 
     weights = reference_weights(start.weights if start else None, checkpoints, resumed)
     trainer.objective.reference = "the base model (adapter switched off)" if weights is None else (
         f"the starting adapter ({start.path})" if start else "the starting adapter (checkpoints/reference)")
-    compute_reference(trainer, split.train + split.val, weights)
+    # a fresh run holds the starting adapter already: no weights to swap in
+    compute_reference(trainer, split.train + split.val, None if start else weights, adapter_on=start is not None)
     log.info("DPO reference: %s; log-probabilities of %d pairs computed in %.1fs.", trainer.objective.reference,
              len(split.train) + len(split.val), time.monotonic() - started)
 
