@@ -303,13 +303,13 @@ def test_sft_then_dpo_from_the_adapter_switches_greedy_answers_to_the_chosen_one
 
     sft_data, dpo_data = _sft_then_dpo_data(tmp_path)
     questions = [q for q, _, _ in QUESTIONS]
-    sft = _train(model_dir, "--data", sft_data, "--epochs", "30", "--force-epochs")
+    sft = _train(model_dir, "--data", sft_data, "--epochs", "15", "--force-epochs")
     assert sft.returncode == 0, sft.stdout
     assert _greedy_answers(model_dir, questions) == [bad for _, _, bad in QUESTIONS]  # the 2:1 majority
     sft_weights = load_file(str(model_dir / "lora" / "adapter_model.safetensors"))
 
     # a gentle learning rate: DPO pushes the rejected answers down, too far and it drags the chosen ones along
-    dpo = _train(model_dir, "--data", dpo_data, "--from-adapter", "./lora", "--epochs", "10", "--force-epochs",
+    dpo = _train(model_dir, "--data", dpo_data, "--from-adapter", "./lora", "--epochs", "8", "--force-epochs",
                  "--learning-rate", "1e-3")
     assert dpo.returncode == 0, dpo.stdout
     assert "training with DPO (--method dpo)" in dpo.stdout and "Starting from the adapter in" in dpo.stdout
@@ -318,7 +318,7 @@ def test_sft_then_dpo_from_the_adapter_switches_greedy_answers_to_the_chosen_one
     assert info["task_type"] == "preference" and info["hyperparameters"]["method"] == "dpo"
     kept = info["preference"]["best"]
     assert kept["reward_accuracy"] == 1.0 and kept["reward_margin"] > 0 and kept["reward_chosen"] > kept["reward_rejected"]
-    assert "Rewards (kept):    accuracy 100%" in dpo.stdout
+    assert "Rewards (kept):   accuracy 100%" in dpo.stdout
     # the SFT adapter is kept in lora.prev and, for a resume, in checkpoints/reference
     for kept_dir in (model_dir / "lora.prev", model_dir / "checkpoints" / "reference"):
         weights = load_file(str(kept_dir / "adapter_model.safetensors"))
@@ -352,7 +352,7 @@ def test_a_dpo_run_resumes_against_the_adapter_it_started_from(model_dir, tmp_pa
     _, dpo_data = _sft_then_dpo_data(tmp_path)
     _random_adapter(model_dir, model_dir / "lora")
     # every step on all three pairs, no dropout: consecutive steps lower the loss
-    args = ["--data", dpo_data, "--from-adapter", "./lora", "--epochs", "30", "--force-epochs", "--batch-size", "3",
+    args = ["--data", dpo_data, "--from-adapter", "./lora", "--epochs", "15", "--force-epochs", "--batch-size", "3",
             "--lora-dropout", "0", "--learning-rate", "1e-3", "--dpo-beta", "2"]
     code, output = _interrupt_after(_train(model_dir, *args, popen=True), 3, signal.SIGTERM)
     assert code == 130, output
