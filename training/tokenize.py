@@ -18,6 +18,7 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    images: object = None  # training.vision.ImageInputs for an example with images (multimodal models)
 
     @property
     def trainable(self) -> int:

@@ -1,0 +1,89 @@
+"""Tiny multimodal models built offline: a LLaVA from a 2-layer CLIP vision config and a 2-layer Llama
+config, with a locally trained tokenizer that has an `<image>` token, a CLIPImageProcessor and a
+LlavaProcessor carrying a chat template; and solid-colour images drawn with Pillow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tiny_models import CORPUS
+
+IMAGE_SIZE = 32  # pixels; CLIP patches of 8 -> 16 image tokens per image
+PATCH_SIZE = 8
+HEAD_SCALE = 15.0
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (235, 225, 40)}
+VISION_CORPUS = CORPUS + ["What colour is this image? It is red. It is green. It is blue. It is yellow."] * 20
+# A processor chat template in ChatML with content parts, as processors' templates are written.
+PART_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_llava(dest: Path, seed: int = 0) -> Path:
+    """Save a random tiny LLaVA (vision tower, projector, decoder) with its processor into `dest`."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    from installer.builtin import train_bpe_tokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_bpe_tokenizer(VISION_CORPUS, 320, dest)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    tokenizer.chat_template = PART_TEMPLATE
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=256, vocab_size=len(tokenizer),
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(
+        "<image>"), vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    with torch.no_grad():  # a random 64-wide head gives logits of +-1: too flat for a tiny model to be confident
+        model.lm_head.weight.mul_(HEAD_SCALE)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(dest)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=PART_TEMPLATE).save_pretrained(dest)
+    return dest
+
+
+def colour_image(path: Path, colour: str, size: int = IMAGE_SIZE, jitter: int = 0) -> Path:
+    """A solid-colour PNG (each channel shifted by `jitter`, so new images differ from the training ones)."""
+    from PIL import Image
+
+    rgb = tuple(max(0, min(255, c + jitter)) for c in COLOURS[colour])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), rgb).save(path)
+    return path
+
+
+def colour_dataset(folder: Path, copies: int = 4) -> Path:
+    """folder/colours.json: `image` + `question`/`answer` records, image paths relative to the file."""
+    records = []
+    for copy in range(copies):
+        for colour in COLOURS:
+            name = f"images/{colour}-{copy}.png"
+            colour_image(folder / name, colour, jitter=copy * 3 - 4)
+            records.append({"image": name, "question": "What colour is this image?", "answer": colour})
+    data = folder / "colours.json"
+    data.write_text(json.dumps(records))
+    return data
