@@ -278,15 +278,22 @@ def vision_targets(model, handler, targets: list[str], train_vision_tower: bool)
     from handlers.generic import discover_linear_targets
 
     pattern = _fragment_pattern(handler.vision_tower)
-    tower_linears = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if re.fullmatch(pattern, name) and type(module).__name__ in ("Linear", "Conv1D")}
+    tower_linears, elsewhere = set(), set()
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if re.fullmatch(pattern, name):
+            if type(module).__name__ in ("Linear", "Conv1D"):
+                tower_linears.add(leaf)
+        else:
+            elsewhere.add(leaf)
     if train_vision_tower:
         extra = sorted(leaf for leaf in tower_linears if leaf not in targets and not leaf.isdigit())
         return list(targets) + extra, None
+    # names found only in the vision tower ('all-linear' discovers them) would adapt nothing: leave them out
+    kept = [t for t in targets if "." in t or t in elsewhere]
     # peft warns when an exclusion matches nothing: only exclude when a target also names a vision-tower layer
-    discovered = set(discover_linear_targets(model))
-    overlap = tower_linears & set(targets) & discovered
-    return list(targets), pattern if overlap else None
+    overlap = tower_linears & set(kept) & set(discover_linear_targets(model))
+    return kept, pattern if overlap else None
 
 
 def describe_targets(handler, train_vision_tower: bool) -> str:
