@@ -120,7 +120,7 @@ class ModelEngine:
                                                                 bnb_4bit_compute_dtype=torch_dtype))
         if cpu_offload or quantization != "none":
             kwargs["device_map"] = "auto" if cpu_offload else {"": 0}
-        from .images import is_multimodal_dir
+        from handlers import is_multimodal_dir
 
         processor = None
         try:

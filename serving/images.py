@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from pathlib import Path
+
+from handlers import is_multimodal_dir
 
 from .protocol import ApiError
 
@@ -34,17 +35,6 @@ class PromptIds(list):
     def __init__(self, ids, inputs: dict | None = None):
         super().__init__(ids)
         self.inputs = inputs or {}
-
-
-def is_multimodal_dir(model_path: Path) -> bool:
-    """Whether the installed weights in `model_path` read images (their family handler and config say so)."""
-    from handlers import handler_for_config
-
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return handler_for_config(config).is_multimodal(config)
 
 
 def body_limit(configured: int, default: int, model_path: Path) -> int:
