@@ -278,6 +278,10 @@ def vision_targets(model, handler, targets: list[str], train_vision_tower: bool)
     from handlers.generic import discover_linear_targets
 
     pattern = _fragment_pattern(handler.vision_tower)
+    names = [name for name, _ in model.named_modules()]
+    # the projector is adapted by default whatever the targets ('all-linear' skips Qwen's mlp.0 / mlp.2)
+    targets = list(targets) + [p for p in handler.projector if p not in targets
+                               and any(name.endswith("." + p) for name in names)]
     tower_linears, elsewhere = set(), set()
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]

@@ -1,0 +1,304 @@
+"""Multimodal models end to end with a tiny LLaVA built offline: the processor's inputs and answer-only labels,
+unpacked image rows, the vision tower frozen unless asked, every family's LoRA targets, and the main proof:
+trained on solid-colour images labelled with their colour, the served model names the colour of new images
+(a model that ignored the images could name at most one colour for all of them)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import shutil
+
+import pytest
+from tiny_vision import COLOURS, build_tiny_llava, colour_dataset, colour_image
+
+from training.data_files import DataError
+from training.formats import Example
+from training.tokenize import IGNORE_INDEX
+
+QUESTION = "What colour is this image?"
+
+
+@pytest.fixture(scope="module")
+def llava_source(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("src") / "tiny-llava")
+
+
+@pytest.fixture(scope="module")
+def processor(llava_source):
+    from training.vision import load_processor
+
+    return load_processor(llava_source)
+
+
+def _example(tmp_path, colour="red", answer="red"):
+    image = colour_image(tmp_path / f"{colour}.png", colour)
+    return Example("vision", str(tmp_path / "data.json"), 0, images=[str(image)], messages=[
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]},
+        {"role": "assistant", "content": answer}])
+
+
+def test_processor_expands_images_and_labels_only_the_answer(processor, tmp_path):
+    from training.vision import tokenize_vision_example
+
+    tokenized = tokenize_vision_example(processor, _example(tmp_path), 256)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert tokenized.input_ids.count(image_id) == 16  # (32 / 8)^2 patches, CLS dropped
+    assert tuple(tokenized.images.tensors["pixel_values"].shape) == (1, 3, 32, 32)
+    labelled = processor.tokenizer.decode([t for t, label in zip(tokenized.input_ids, tokenized.labels, strict=True)
+                                           if label != IGNORE_INDEX])
+    assert labelled.startswith("red<|im_end|>") and QUESTION not in labelled
+    with pytest.raises(DataError, match="record 1: with its image tokens the example is .* would cut an image"):
+        tokenize_vision_example(processor, _example(tmp_path), 12)
+
+
+def test_image_rows_are_not_packed_and_carry_their_pixels(processor, tmp_path):
+    from training.packing import collate, pack_rows
+    from training.vision import tokenize_vision_example
+
+    short = tokenize_vision_example(processor, _example(tmp_path, "red", "red"), 256)
+    long = tokenize_vision_example(processor, _example(tmp_path, "blue", "blue and a long answer"), 256)
+    rows = pack_rows([short, long], 256)
+    assert len(rows) == 2 and all(row.images for row in rows)
+    batch = collate(rows, processor.tokenizer.pad_token_id)
+    assert "position_ids" not in batch and tuple(batch["pixel_values"].shape) == (2, 3, 32, 32)
+    assert batch["attention_mask"].sum(1).tolist() == [len(long.input_ids), len(short.input_ids)]
+    # the longer row (blue) comes first; its pixels travel with it
+    assert batch["pixel_values"][0].mean() != batch["pixel_values"][1].mean()
+
+
+@pytest.mark.parametrize("train_tower", [False, True])
+def test_vision_tower_is_frozen_unless_asked(llava_source, train_tower):
+    from handlers import handler_for_config
+    from training.modeling import Placement, load_base_model, resolve_targets, wrap_with_lora
+    from training.vision import lora_targets
+
+    config = json.loads((llava_source / "config.json").read_text())
+    handler = handler_for_config(config)
+    model = load_base_model(llava_source, Placement("cpu", "float32"), handler, "lora", False)
+    targets = resolve_targets(model, handler, None, 145_000)
+    targets, exclude = lora_targets(model, handler, targets, train_tower)
+    model = wrap_with_lora(model, targets, 4, 8, 0.0, False, False, exclude)
+    adapted = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any("multi_modal_projector.linear_1.lora_A" in n for n in adapted)
+    assert any("language_model.layers.1.self_attn.q_proj.lora_A" in n for n in adapted)
+    assert any("vision_tower" in name for name in adapted) is train_tower
+
+
+# Tiny configs of each multimodal family (built on the meta device: no weights, no compute).
+FAMILY_CONFIGS = {
+    "llava": ("llava", {}),
+    "qwen2_vl": ("qwen_vl", {"text_config": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                             "num_attention_heads": 4, "num_key_value_heads": 2},
+                             "vision_config": {"depth": 2, "embed_dim": 32, "num_heads": 2, "hidden_size": 64}}),
+    "qwen2_5_vl": ("qwen_vl", {"text_config": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                               "num_attention_heads": 4, "num_key_value_heads": 2},
+                               "vision_config": {"depth": 2, "hidden_size": 32, "num_heads": 2,
+                                                 "intermediate_size": 64, "out_hidden_size": 64}}),
+    "gemma3": ("gemma3", {"text_config": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+                          "vision_config": {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+                                            "num_attention_heads": 2}}),
+    "idefics3": ("idefics", {"text_config": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                             "num_attention_heads": 4, "num_key_value_heads": 2},
+                             "vision_config": {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+                                               "num_attention_heads": 2}}),
+    "smolvlm": ("idefics", {"text_config": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                            "num_attention_heads": 4, "num_key_value_heads": 2},
+                            "vision_config": {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+                                              "num_attention_heads": 2}}),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_family_handlers_adapt_language_model_and_projector_not_the_vision_tower(model_type):
+    import re
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from handlers import handler_for_config
+    from handlers.generic import discover_linear_targets
+    from installer.vision_info import vision_summary
+    from training.vision import vision_targets
+
+    handler_name, overrides = FAMILY_CONFIGS[model_type]
+    config = AutoConfig.for_model(model_type, **overrides)
+    as_json = config.to_dict()
+    handler = handler_for_config(as_json)
+    assert handler.name == handler_name and handler.is_multimodal(as_json)
+    with init_empty_weights():
+        model = AutoModelForImageTextToText.from_config(config)
+    default = list(handler.target_modules) + list(handler.projector)  # the >= 50M recipe
+    for targets in (default, discover_linear_targets(model)):  # and the small-model 'all-linear'
+        chosen, exclude = vision_targets(model, handler, targets, False)
+        adapted = [name for name, module in model.named_modules() if type(module).__name__ == "Linear"
+                   and any(name == t or name.endswith("." + t) for t in chosen)
+                   and not (exclude and re.fullmatch(exclude, name))]
+        tower = [n for n in adapted if any(f".{f}." in f".{n}." for f in handler.vision_tower)]
+        assert not tower, tower[:3]
+        assert any(("language_model" in n or "text_model" in n) and n.endswith("q_proj") for n in adapted)
+        for projector in handler.projector:
+            assert any(n.endswith(projector) for n in adapted), projector
+    with_tower, _ = vision_targets(model, handler, default, True)
+    assert set(with_tower) > set(default) or model_type == "llava"  # CLIP's q/k/v names are already there
+    summary = vision_summary(as_json, handler)
+    assert summary["vision_tower_parameters"] > 0 and (summary["projector_parameters"] > 0) == bool(handler.projector)
+
+
+def test_text_only_variant_of_a_multimodal_family_is_text_only():
+    from handlers import handler_for_config
+
+    config = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}
+    assert handler_for_config(config).name == "gemma3" and not handler_for_config(config).is_multimodal(config)
+
+
+# --- the colour test -----------------------------------------------------------------------------------------
+def _data_url(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _ask(client, model, image_url):
+    answer = client.chat.completions.create(model=model, temperature=0, max_tokens=4, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                     {"type": "text", "text": QUESTION}]}])
+    return answer.choices[0].message.content.strip()
+
+
+@pytest.fixture(scope="module")
+def trained_llava(llava_source, tmp_path_factory):
+    """The tiny LLaVA installed with `llm-installer install DIR`, trained by train.sh's engine on coloured squares."""
+    from conftest import run_cli
+
+    import train_lora
+
+    root = tmp_path_factory.mktemp("vision")
+    result = run_cli("install", str(llava_source), "--name", "tiny-llava", "--models-dir", str(root / "models"))
+    assert result.exit_code == 0 and "multimodal (image input): vision tower" in result.output, result.output
+    model_dir = root / "models" / "tiny-llava"
+    data = colour_dataset(root / "data")
+    lines = io.StringIO()
+    handler, logger = logging.StreamHandler(lines), logging.getLogger("train")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        status = train_lora.main(["--model-dir", str(model_dir), "--data", str(data), "--epochs", "6",
+                                  "--validation-split", "0", "--no-tensorboard", "--skip-test", "--seed", "1"])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert status == 0
+    (model_dir / "train-log.txt").write_text(lines.getvalue())
+    return model_dir
+
+
+def test_trained_model_names_the_colour_of_new_images_over_the_api(trained_llava, tmp_path):
+    from openai import OpenAI
+    from serving_helpers import load_state, running_server
+
+    log = (trained_llava / "train-log.txt").read_text()
+    assert "Images: 16 in 16 of 16 examples, sizes 32x32 to 32x32" in log and "image rows are not packed" in log
+    assert "vision tower (vision_tower) stays frozen" in log
+    state = load_state(trained_llava)
+    assert state.max_body_bytes == 28_000_000  # room for images by default
+    new = {colour: _data_url(colour_image(tmp_path / f"{colour}.png", colour, jitter=6)) for colour in COLOURS}
+    with running_server(state) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused")
+        answers = {colour: _ask(client, "tiny-llava:lora", image) for colour, image in new.items()}
+        assert answers == {colour: colour for colour in COLOURS}
+        base = {_ask(client, "tiny-llava", image) for image in new.values()}
+        assert base != set(COLOURS)  # the untrained model does not know colours
+
+
+def test_chat_image_command(trained_llava, tmp_path):
+    from serving_helpers import load_state
+
+    from serving.router import Router
+    from serving.terminal import chat_loop
+
+    engine = load_state(trained_llava).engine
+    adapter = engine.adapters
+    router = Router("tiny-llava", adapter, next(iter(adapter)))
+    image = colour_image(tmp_path / "g.png", "green", jitter=5)
+    stdin = io.StringIO(f"/image {tmp_path / 'nope.png'}\n/image {image}\n{QUESTION}\n")
+    stdout = io.StringIO()
+    assert chat_loop(engine, router, stdin, stdout, temperature=0) == 0
+    out = stdout.getvalue()
+    assert f"({tmp_path / 'nope.png'} does not exist.)" in out and "attached (32x32)" in out
+    assert "> green" in out
+
+
+def test_merged_export_carries_the_processor(trained_llava, tmp_path):
+    import torch
+    from conftest import run_cli
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = tmp_path / "merged"
+    result = run_cli("export", str(trained_llava), "--format", "merged", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "processor_config.json").is_file()
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[Image.new("RGB", (32, 32), COLOURS["blue"])], return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == "blue"
+
+
+def test_text_only_model_and_bad_images_are_400(tmp_path):
+    import httpx2 as httpx
+    from serving_helpers import ScriptedEngine, running_server
+
+    from serving.app import ServerState
+    from serving.router import Router
+
+    png = colour_image(tmp_path / "r.png", "red")
+    state = ServerState(router=Router("m", {}, None), max_body_bytes=28_000_000)
+    state.engine = ScriptedEngine("ok")
+
+    def post(content):
+        return httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+
+    image = {"type": "image_url", "image_url": {"url": _data_url(png)}}
+    with running_server(state) as url:
+        refused = post([image, {"type": "text", "text": "?"}])
+        assert refused.status_code == 400 and "text-only" in refused.json()["error"]["message"]
+        state.engine.processor = object()  # a multimodal engine: the images themselves are checked now
+        for content, code in (
+                ([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}], "remote_image_refused"),
+                ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}], "invalid_image"),
+                ([{"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGVsbG8="}}], "invalid_image"),
+                ([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}], "invalid_image"),
+                ([image] * 9, "too_many_images")):
+            answer = post(content)
+            assert answer.status_code == 400 and answer.json()["error"]["code"] == code, answer.text
+
+
+def test_image_size_limits(monkeypatch, tmp_path):
+    from serving import images
+    from serving.protocol import ApiError
+
+    png = colour_image(tmp_path / "big.png", "red", size=64)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ApiError, match="64x64, over 1000 pixels"):
+        images.decode_image(_data_url(png), "messages.0")
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 50)
+    with pytest.raises(ApiError, match="over 50 bytes"):
+        images.decode_image(_data_url(png), "messages.0")
+
+
+def test_training_a_multimodal_model_on_bad_images_fails_cleanly(llava_source, tmp_path, capsys):
+    import train_lora
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(llava_source, model_dir / "model")
+    (tmp_path / "notes.png").write_text("plain text")
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"image": "notes.png", "caption": "c"}]))
+    assert train_lora.main(["--model-dir", str(model_dir), "--data", str(data), "--no-tensorboard"]) == 1
+    assert f"Error: {data}, record 1: {tmp_path / 'notes.png'} is not an image" in capsys.readouterr().err
