@@ -67,6 +67,11 @@ def test_image_rows_are_not_packed_and_carry_their_pixels(processor, tmp_path):
     assert batch["attention_mask"].sum(1).tolist() == [len(long.input_ids), len(short.input_ids)]
     # the longer row (blue) comes first; its pixels travel with it
     assert batch["pixel_values"][0].mean() != batch["pixel_values"][1].mean()
+    text = tokenize_vision_example(processor, Example("qa", "d.json", 1, messages=[
+        {"role": "user", "content": "Say red."}, {"role": "assistant", "content": "red"}]), 256)
+    mixed = pack_rows([text, short], 256)  # a text example of a multimodal model is not packed either
+    assert len(mixed) == 2 and tuple(collate(mixed, 0)["pixel_values"].shape) == (1, 3, 32, 32)
+    assert "position_ids" not in collate(pack_rows([text, text], 256), 0)
 
 
 @pytest.mark.parametrize("train_tower", [False, True])
@@ -199,7 +204,7 @@ def test_trained_model_names_the_colour_of_new_images_over_the_api(trained_llava
     from serving_helpers import load_state, running_server
 
     log = (trained_llava / "train-log.txt").read_text()
-    assert "Images: 16 in 16 of 16 examples, sizes 32x32 to 32x32" in log and "image rows are not packed" in log
+    assert "Images: 16 in 16 of 16 examples, sizes 32x32 to 32x32" in log and "rows are not packed for this model" in log
     assert "vision tower (vision_tower) stays frozen" in log
     state = load_state(trained_llava)
     assert state.max_body_bytes == 28_000_000  # room for images by default
@@ -266,6 +271,8 @@ def test_text_only_model_and_bad_images_are_400(tmp_path):
 
     image = {"type": "image_url", "image_url": {"url": _data_url(png)}}
     with running_server(state) as url:
+        page = httpx.get(url + "/").text  # the chat page attaches images as OpenAI image parts
+        assert 'type="file" accept="image/*"' in page and 'type: "image_url", image_url: {url: url}' in page
         refused = post([image, {"type": "text", "text": "?"}])
         assert refused.status_code == 400 and "text-only" in refused.json()["error"]["message"]
         state.engine.processor = object()  # a multimodal engine: the images themselves are checked now

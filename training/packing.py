@@ -19,7 +19,7 @@ class PackedRow:
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int]
-    images: object = None  # training.vision.ImageInputs: a row with images holds one example, never packed
+    images: object = None  # training.vision.ImageInputs: a multimodal model's row holds one example, never packed
 
     @property
     def length(self) -> int:
@@ -28,8 +28,9 @@ class PackedRow:
 
 def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
     """First-fit-decreasing packing of `examples` into rows of at most `row_length` tokens (deterministic).
-    Examples with images are never packed: each is a row of its own (see training/vision.py)."""
-    if any(e.images for e in examples):
+    A multimodal model's examples (`images` set, even empty) are never packed: each is a row of its own (see
+    training/vision.py)."""
+    if any(e.images is not None for e in examples):
         return [_concatenate([e]) for e in sorted(examples, key=lambda e: -len(e.input_ids))]
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
     members: list[list[int]] = []
@@ -60,7 +61,7 @@ def collate(rows: list[PackedRow], pad_id: int) -> dict:
     """Tensors for a batch of rows, right-padded to the longest row (padding is masked out)."""
     import torch
 
-    if any(row.images for row in rows):
+    if any(row.images is not None for row in rows):
         from .vision import collate_image_rows
 
         return collate_image_rows(rows, pad_id)

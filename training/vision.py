@@ -4,8 +4,8 @@ their row through the micro-batch into the model's multimodal forward.
 
 Why no packing: the models expand each image into many placeholder tokens and compute positions of their
 own (Qwen2-VL's multimodal rotary positions), and the image tensors of a row must match its placeholders
-one for one. Every image example is therefore its own row, padded within its micro-batch, with an
-attention mask instead of packed position ids.
+one for one. Every example of a multimodal model (text-only ones too) is therefore its own row, padded within
+its micro-batch, with an attention mask instead of packed position ids.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def tokenize_vision_example(processor, example: Example, max_length: int, train_
                         f"{max_length} would cut an image; raise --max-seq-length or use smaller images.")
     inputs.truncate(max_length)
     result = Tokenized(ids[:max_length], labels[:max_length], truncated)
-    result.images = inputs if inputs else None
+    result.images = inputs  # set even without images: a multimodal model's rows are never packed
     return result
 
 
@@ -182,8 +182,8 @@ def image_report(examples: list[Example], tokenized: list[Tokenized]) -> str:
     lengths = [len(t.input_ids) for t in tokenized if t.images]
     return (f"Images: {len(sizes)} in {with_images} of {len(examples)} examples, sizes {smallest[0]}x{smallest[1]} to "
             f"{largest[0]}x{largest[1]}, {tensor_bytes / 2**20:.1f} MiB of image tensors held in memory; median "
-            f"image example {statistics.median(lengths):g} tokens with its image tokens; image rows are not packed "
-            f"(one example per row, padded).")
+            f"image example {statistics.median(lengths):g} tokens with its image tokens; rows are not packed for this "
+            f"model (one example per row, padded).")
 
 
 def prepare(model_path: Path, examples: list[Example], max_length: int, train_on_prompt: bool,
@@ -225,7 +225,7 @@ def _stack_padded(tensors: list):
 
 
 def collate_image_rows(rows: list, pad_id: int) -> dict:
-    """Tensors for rows of single examples with images: right-padded ids, labels and attention mask, the
+    """Tensors for rows of single examples of a multimodal model: right-padded ids, labels and attention mask, the
     per-token extras padded with 0, the image tensors concatenated in row order (no position ids: the model
     computes its own)."""
     import torch
@@ -240,7 +240,7 @@ def collate_image_rows(rows: list, pad_id: int) -> dict:
         ids[i, : row.length] = torch.tensor(row.input_ids)
         labels[i, : row.length] = torch.tensor(row.labels)
         mask[i, : row.length] = 1
-        if row.images is None:
+        if row.images is None:  # a packed text row cannot reach here: multimodal rows all carry ImageInputs
             continue
         for key, values in row.images.per_token.items():
             per_token.setdefault(key, torch.zeros((len(rows), width), dtype=torch.long))[i, : len(values)] = \
