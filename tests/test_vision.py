@@ -153,6 +153,35 @@ def test_family_handlers_adapt_language_model_and_projector_not_the_vision_tower
     assert summary["vision_tower_parameters"] > 0 and (summary["projector_parameters"] > 0) == bool(handler.projector)
 
 
+def test_qwen2_vl_rows_train_through_the_multimodal_backbone(tmp_path):
+    """Qwen2-VL's flat patch tensors, grid sizes and per-token types collate by row, and the loss (through the
+    backbone that merges the images, positions computed by the model) is the model's own."""
+    from PIL import Image
+    from tiny_vision import build_tiny_qwen2_vl
+
+    from training.objectives import sft_loss_module
+    from training.packing import collate, pack_rows
+    from training.tokenize import Tokenized
+    from training.vision import ImageInputs
+
+    model, tokenizer, image_processor = build_tiny_qwen2_vl(tmp_path)
+    image_token = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    rows = []
+    for index, colour in enumerate(("red", "blue")):
+        tensors = dict(image_processor(images=[Image.new("RGB", (56, 56), COLOURS[colour])], return_tensors="pt"))
+        count = int(tensors["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one token
+        ids = tokenizer(f"<|im_start|>user\n<|vision_start|>{'<|image_pad|>' * count}<|vision_end|>{QUESTION}"
+                        f"<|im_end|>\n<|im_start|>assistant\n{colour}{' indeed' * index}<|im_end|>\n")["input_ids"]
+        labels = [IGNORE_INDEX] * (len(ids) - 3 - index) + ids[len(ids) - 3 - index:]
+        example = Tokenized(ids, labels)
+        example.images = ImageInputs(tensors, {"mm_token_type_ids": [int(i == image_token) for i in ids]})
+        rows.append(example)
+    batch = collate(pack_rows(rows, 256), tokenizer.pad_token_id)
+    assert tuple(batch["image_grid_thw"].shape) == (2, 3) and batch["pixel_values"].shape[0] == 2 * 16
+    loss_sum, count = sft_loss_module(model)(**batch)
+    assert abs(float(loss_sum / count) - float(model(**batch).loss)) < 1e-4
+
+
 def test_text_only_variant_of_a_multimodal_family_is_text_only():
     from handlers import handler_for_config
 

@@ -87,3 +87,28 @@ def colour_dataset(folder: Path, copies: int = 4) -> Path:
     data = folder / "colours.json"
     data.write_text(json.dumps(records))
     return data
+
+
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def build_tiny_qwen2_vl(dest: Path):
+    """(model, tokenizer, image processor) of a random tiny Qwen2-VL. Its full processor also needs a video
+    processor, which needs torchvision (not installed here): tests expand the image tokens themselves."""
+    import torch
+    from transformers import AutoConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    from installer.builtin import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(VISION_CORPUS, 320, dest)
+    tokenizer.add_tokens(list(QWEN_VISION_TOKENS), special_tokens=True)
+    ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
+                   tokenizer.convert_tokens_to_ids(list(QWEN_VISION_TOKENS)), strict=True))
+    config = AutoConfig.for_model(
+        "qwen2_vl", text_config={"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
+                                 "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 2, "embed_dim": 32, "num_heads": 2, "hidden_size": 64}, **ids)
+    torch.manual_seed(0)
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
+    return Qwen2VLForConditionalGeneration(config), tokenizer, image_processor
