@@ -228,6 +228,7 @@ def trained_llava(llava_source, tmp_path_factory):
     return model_dir
 
 
+@pytest.mark.e2e
 def test_trained_model_names_the_colour_of_new_images_over_the_api(trained_llava, tmp_path):
     from openai import OpenAI
     from serving_helpers import load_state, running_server
@@ -246,6 +247,44 @@ def test_trained_model_names_the_colour_of_new_images_over_the_api(trained_llava
         assert base != set(COLOURS)  # the untrained model does not know colours
 
 
+@pytest.mark.e2e
+def test_web_page_attaches_images(trained_llava, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    from serving_helpers import load_state, running_server
+    from test_start_sh import _browser
+
+    with running_server(load_state(trained_llava)) as url:
+        browser = _browser()
+        try:
+            browser.get(url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: "adapter" in b.find_element(By.ID, "model").text)
+            temperature = browser.find_element(By.ID, "temperature")
+            temperature.clear()
+            temperature.send_keys("0")
+            limit = browser.find_element(By.ID, "max-tokens")
+            limit.clear()
+            limit.send_keys("8")  # the tiny model's context is 256 tokens
+            for colour in ("red", "blue"):
+                browser.find_element(By.ID, "clear").click()
+                picture = colour_image(tmp_path / f"{colour}.png", colour, jitter=-5)
+                browser.find_element(By.ID, "attach").send_keys(str(picture))
+                wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#attached img"))
+                box = browser.find_element(By.ID, "input")
+                box.send_keys(QUESTION)
+                box.send_keys(Keys.ENTER)
+                wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-state='done'], .msg.error"))
+                answer = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant, .msg.error")[0].text
+                assert answer == colour
+                assert browser.find_elements(By.CSS_SELECTOR, ".msg.user img")  # the picture shows in the chat
+                assert not browser.find_elements(By.CSS_SELECTOR, "#attached img")  # sent with that message only
+        finally:
+            browser.quit()
+
+
+@pytest.mark.e2e
 def test_chat_image_command(trained_llava, tmp_path):
     from serving_helpers import load_state
 
@@ -264,6 +303,7 @@ def test_chat_image_command(trained_llava, tmp_path):
     assert "> green" in out
 
 
+@pytest.mark.e2e
 def test_merged_export_carries_the_processor(trained_llava, tmp_path):
     import torch
     from conftest import run_cli
@@ -328,6 +368,7 @@ def test_image_size_limits(monkeypatch, tmp_path):
         images.decode_image(_data_url(png), "messages.0")
 
 
+@pytest.mark.e2e
 def test_training_a_multimodal_model_on_bad_images_fails_cleanly(llava_source, tmp_path, capsys):
     import train_lora
 
