@@ -280,8 +280,8 @@ def vision_targets(model, handler, targets: list[str], train_vision_tower: bool)
     pattern = _fragment_pattern(handler.vision_tower)
     names = [name for name, _ in model.named_modules()]
     # the projector is adapted by default whatever the targets ('all-linear' skips Qwen's mlp.0 / mlp.2)
-    targets = list(targets) + [p for p in handler.projector if p not in targets
-                               and any(name.endswith("." + p) for name in names)]
+    targets = list(targets) + [p for p in handler.projector if p not in targets and p.rsplit(".", 1)[-1] not in
+                               targets and any(name.endswith("." + p) for name in names)]
     tower_linears, elsewhere = set(), set()
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
@@ -304,9 +304,9 @@ def describe_targets(handler, train_vision_tower: bool) -> str:
     """One phrase for the log: what LoRA adapts in a multimodal model."""
     projector = f"the projector ({', '.join(handler.projector)})" if handler.projector else \
         "not the projector (no linear layer to adapt)"
-    tower = "and the vision tower (--train-vision-tower)" if train_vision_tower else \
+    tower = " and the vision tower (--train-vision-tower)" if train_vision_tower else \
         f"; the vision tower ({', '.join(handler.vision_tower)}) stays frozen (--train-vision-tower adapts it)"
-    return f"the language model, {projector} {tower}"
+    return f"the language model, {projector}{tower}"
 
 
 # --- the end-of-run sample ----------------------------------------------------------------------------
