@@ -379,3 +379,39 @@ def test_training_a_multimodal_model_on_bad_images_fails_cleanly(llava_source, t
     data.write_text(json.dumps([{"image": "notes.png", "caption": "c"}]))
     assert train_lora.main(["--model-dir", str(model_dir), "--data", str(data), "--no-tensorboard"]) == 1
     assert f"Error: {data}, record 1: {tmp_path / 'notes.png'} is not an image" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_train_sh_and_start_sh_with_images(llava_source, tmp_path):
+    """The user's commands as subprocesses: install DIR, ./train.sh on image data, ./start.sh with the openai
+    client, ./start.sh --chat with /image."""
+    import subprocess
+
+    from conftest import run_cli
+    from openai import OpenAI
+    from serving_helpers import free_port
+    from test_start_sh import _start, _stop, _wait_healthy
+
+    assert run_cli("install", str(llava_source), "--name", "llava-e2e").exit_code == 0
+    model_dir = tmp_path / "models" / "llava-e2e"
+    data = colour_dataset(tmp_path / "data")
+    trained = subprocess.run([str(model_dir / "train.sh"), "--data", str(data), "--epochs", "6", "--validation-split",
+                              "0", "--no-tensorboard", "--seed", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert trained.returncode == 0 and "Multimodal LoRA: the language model" in trained.stdout, trained.stdout
+    port = free_port()
+    process = _start(model_dir, "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, 120)
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        for colour in COLOURS:
+            picture = colour_image(tmp_path / f"{colour}.png", colour, jitter=8)
+            assert _ask(client, "llava-e2e:lora", _data_url(picture)) == colour
+    finally:
+        _stop(process)
+    picture = colour_image(tmp_path / "yellow.png", "yellow", jitter=-6)
+    chat = subprocess.run([str(model_dir / "start.sh"), "--chat", "--temperature", "0"], text=True, timeout=300,
+                          input=f"/image {picture}\n{QUESTION}\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert chat.returncode == 0 and "> yellow\n" in chat.stdout, chat.stdout
