@@ -182,6 +182,48 @@ def test_qwen2_vl_rows_train_through_the_multimodal_backbone(tmp_path):
     assert abs(float(loss_sum / count) - float(model(**batch).loss)) < 1e-4
 
 
+def test_gemma3_processor_inputs_training_loss_and_serving_prompt(tmp_path):
+    """Gemma 3 through its own processor: token type ids travel per token, labels stay on the answers, the loss
+    is the model's own, and a served image prompt generates."""
+    from types import SimpleNamespace
+
+    import torch
+    from tiny_vision import build_tiny_gemma3
+    from transformers import AutoModelForImageTextToText
+
+    from handlers import is_multimodal_dir
+    from serving.images import processor_prompt
+    from training.objectives import sft_loss_module
+    from training.packing import collate, pack_rows
+    from training.vision import load_processor, tokenize_vision_example
+
+    source = build_tiny_gemma3(tmp_path / "gemma3")
+    assert is_multimodal_dir(source)
+    processor = load_processor(source)
+    rows = [tokenize_vision_example(processor, _example(tmp_path, colour, colour + " indeed" * index), 256)
+            for index, colour in enumerate(("red", "blue"))]
+    soft = processor.tokenizer.convert_tokens_to_ids("<image_soft_token>")
+    assert rows[0].input_ids.count(soft) == 4 and rows[0].images.per_token["token_type_ids"].count(1) == 4
+    answer = [t for t, label in zip(rows[0].input_ids, rows[0].labels, strict=True) if label != IGNORE_INDEX]
+    assert processor.tokenizer.decode(answer).startswith("red<|im_end|>")
+    batch = collate(pack_rows(rows, 256), processor.tokenizer.pad_token_id)
+    assert tuple(batch["token_type_ids"].shape) == tuple(batch["input_ids"].shape)
+    model = AutoModelForImageTextToText.from_pretrained(source)
+    loss_sum, count = sft_loss_module(model)(**batch)
+    assert abs(float(loss_sum / count) - float(model(**batch).loss)) < 1e-4
+    engine = SimpleNamespace(processor=processor)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    from PIL import Image
+
+    prompt = processor_prompt(engine, messages, [Image.new("RGB", (40, 30), COLOURS["red"])], processor.chat_template)
+    assert prompt.count(soft) == 4 and set(prompt.inputs) >= {"pixel_values", "token_type_ids"}
+    ids = torch.tensor([list(prompt)])
+    with torch.no_grad():
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                do_sample=False, **prompt.inputs)
+    assert output.shape[1] == ids.shape[1] + 2
+
+
 def test_text_only_variant_of_a_multimodal_family_is_text_only():
     from handlers import handler_for_config
 

@@ -112,3 +112,39 @@ def build_tiny_qwen2_vl(dest: Path):
     torch.manual_seed(0)
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
     return Qwen2VLForConditionalGeneration(config), tokenizer, image_processor
+
+
+def build_tiny_gemma3(dest: Path) -> Path:
+    """Save a random tiny Gemma 3 (SigLIP tower, 4 soft tokens per image) with its Gemma3Processor into `dest`."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    from installer.builtin import train_bpe_tokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    markers = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    base = train_bpe_tokenizer(VISION_CORPUS, 320, dest)
+    base.add_tokens(list(markers.values()), special_tokens=True)
+    base.save_pretrained(dest)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(dest, extra_special_tokens=markers)
+    template = PART_TEMPLATE.replace("'<image>'", "'<start_of_image>'")
+    tokenizer.chat_template = template
+    boi, eoi, soft = tokenizer.convert_tokens_to_ids(list(markers.values()))
+    config = AutoConfig.for_model(
+        "gemma3", text_config={"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                               "vocab_size": len(tokenizer)},
+        vision_config={"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                       "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
+        mm_tokens_per_image=4, boi_token_index=boi, eoi_token_index=eoi, image_token_index=soft)
+    torch.manual_seed(0)
+    Gemma3ForConditionalGeneration(config).save_pretrained(dest)
+    Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+                    tokenizer=tokenizer, chat_template=template, image_seq_length=4).save_pretrained(dest)
+    return dest
