@@ -188,6 +188,7 @@ def test_gemma3_processor_inputs_training_loss_and_serving_prompt(tmp_path):
     from types import SimpleNamespace
 
     import torch
+    from PIL import Image
     from tiny_vision import build_tiny_gemma3
     from transformers import AutoModelForImageTextToText
 
@@ -213,8 +214,6 @@ def test_gemma3_processor_inputs_training_loss_and_serving_prompt(tmp_path):
     assert abs(float(loss_sum / count) - float(model(**batch).loss)) < 1e-4
     engine = SimpleNamespace(processor=processor)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-    from PIL import Image
-
     prompt = processor_prompt(engine, messages, [Image.new("RGB", (40, 30), COLOURS["red"])], processor.chat_template)
     assert prompt.count(soft) == 4 and set(prompt.inputs) >= {"pixel_values", "token_type_ids"}
     ids = torch.tensor([list(prompt)])
