@@ -396,6 +396,32 @@ def test_text_only_model_and_bad_images_are_400(tmp_path):
             assert answer.status_code == 400 and answer.json()["error"]["code"] == code, answer.text
 
 
+def test_remote_images_are_fetched_only_when_allowed(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from serving.images import decode_image
+    from serving.protocol import ApiError
+
+    colour_image(tmp_path / "g.png", "green")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(ApiError, match="--allow-remote-images"):
+            decode_image(url + "/g.png", "messages.0")
+        image, size = decode_image(url + "/g.png", "messages.0", allow_remote=True)
+        assert image.getpixel((0, 0)) == COLOURS["green"] and size > 0
+        with pytest.raises(ApiError, match="Cannot fetch the image") as missing:
+            decode_image(url + "/nope.png", "messages.0", allow_remote=True)
+        assert missing.value.code == "image_fetch_failed"
+    finally:
+        server.shutdown()
+
+
 def test_image_size_limits(monkeypatch, tmp_path):
     from serving import images
     from serving.protocol import ApiError
