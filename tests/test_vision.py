@@ -223,6 +223,35 @@ def test_gemma3_processor_inputs_training_loss_and_serving_prompt(tmp_path):
     assert output.shape[1] == ids.shape[1] + 2
 
 
+def test_idefics3_crops_of_different_counts_pad_and_train(tmp_path):
+    """Idefics3 splits images into crops: a square and a wide image give 5 and 3 crops, padded with empty crops
+    (which the model drops) in one micro-batch; the loss is the model's own."""
+    from PIL import Image
+    from tiny_vision import build_tiny_idefics3
+    from transformers import AutoModelForImageTextToText
+
+    from training.objectives import sft_loss_module
+    from training.packing import collate, pack_rows
+    from training.vision import load_processor, tokenize_vision_example
+
+    source = build_tiny_idefics3(tmp_path / "idefics3")
+    processor = load_processor(source)
+    rows = []
+    for colour, width in (("red", 32), ("blue", 64)):
+        picture = tmp_path / f"{colour}-{width}x32.png"
+        Image.new("RGB", (width, 32), COLOURS[colour]).save(picture)
+        example = _example(tmp_path, colour, colour)
+        example.images = [str(picture)]
+        rows.append(tokenize_vision_example(processor, example, 256))
+    assert [r.images.tensors["pixel_values"].shape[1] for r in rows] == [5, 3]
+    batch = collate(pack_rows(rows, 256), processor.tokenizer.pad_token_id)
+    assert tuple(batch["pixel_values"].shape) == (2, 5, 3, 32, 32)
+    assert batch["pixel_attention_mask"][1, 3:].sum() == 0  # the wide image's two padding crops are empty
+    model = AutoModelForImageTextToText.from_pretrained(source)
+    loss_sum, count = sft_loss_module(model)(**batch)
+    assert abs(float(loss_sum / count) - float(model(**batch).loss)) < 1e-4
+
+
 def test_text_only_variant_of_a_multimodal_family_is_text_only():
     from handlers import handler_for_config
 

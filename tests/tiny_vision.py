@@ -148,3 +148,30 @@ def build_tiny_gemma3(dest: Path) -> Path:
     Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
                     tokenizer=tokenizer, chat_template=template, image_seq_length=4).save_pretrained(dest)
     return dest
+
+
+def build_tiny_idefics3(dest: Path) -> Path:
+    """Save a random tiny Idefics3 (image splitting into 32-pixel crops, 4 tokens per crop) with its processor."""
+    import torch
+    from transformers import AutoConfig, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    from installer.builtin import train_bpe_tokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_bpe_tokenizer(VISION_CORPUS, 320, dest)
+    tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"],
+                         special_tokens=True)
+    tokenizer.chat_template = PART_TEMPLATE
+    config = AutoConfig.for_model(
+        "idefics3", text_config={"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer)},
+        vision_config={"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                       "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
+        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    Idefics3ForConditionalGeneration(config).save_pretrained(dest)
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": 2 * IMAGE_SIZE},
+                                             max_image_size={"longest_edge": IMAGE_SIZE})
+    Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                      chat_template=PART_TEMPLATE).save_pretrained(dest)
+    return dest
