@@ -12,6 +12,7 @@ from tiny_models import CORPUS
 IMAGE_SIZE = 32  # pixels; CLIP patches of 8 -> 16 image tokens per image
 PATCH_SIZE = 8
 HEAD_SCALE = 15.0
+QUESTION = "What colour is this image?"
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (235, 225, 40)}
 VISION_CORPUS = CORPUS + ["What colour is this image? It is red. It is green. It is blue. It is yellow."] * 20
 # A processor chat template in ChatML with content parts, as processors' templates are written.
@@ -83,7 +84,7 @@ def colour_dataset(folder: Path, copies: int = 4) -> Path:
         for colour in COLOURS:
             name = f"images/{colour}-{copy}.png"
             colour_image(folder / name, colour, jitter=copy * 3 - 4)
-            records.append({"image": name, "question": "What colour is this image?", "answer": colour})
+            records.append({"image": name, "question": QUESTION, "answer": colour})
     data = folder / "colours.json"
     data.write_text(json.dumps(records))
     return data
