@@ -242,6 +242,16 @@ def test_idefics3_crops_of_different_counts_pad_and_train(tmp_path):
     assert abs(float((loss_sum / count).detach()) - float(model(**batch).loss.detach())) < 1e-4
 
 
+def test_check_reports_a_multimodal_model(llava_source):
+    from conftest import run_cli
+
+    report = json.loads(run_cli("check", str(llava_source), "--json").output)
+    vision = report["vision"]
+    assert report["multimodal"] is True and report["handler"] == "llava"
+    assert 0 < vision["vision_tower_parameters"] < report["parameters"] and vision["projector_parameters"] > 0
+    assert "Input:           multimodal (image input): vision tower" in run_cli("check", str(llava_source)).output
+
+
 def test_text_only_variant_of_a_multimodal_family_is_text_only():
     from handlers import handler_for_config
 
