@@ -140,7 +140,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     if is_small_model(parameters) and not (cfg.target_modules and cfg.learning_rate):
         log.info("Small model (%s parameters, under 50M): LoRA on every linear layer and a %.0e base "
                  "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
-    targets, exclude = vision.lora_targets(model, handler, targets, cfg.train_vision_tower)
+    targets, exclude = vision.lora_targets(model, handler, targets, cfg.train_vision_tower,
+                                           chosen_by_user=bool(cfg.target_modules or checkpoint))
     model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, quantized,
                            checkpointing or (quantized and handler.gradient_checkpointing), exclude)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

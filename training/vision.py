@@ -196,15 +196,18 @@ def prepare(model_path: Path, examples: list[Example], max_length: int, train_on
     return processor.tokenizer, tokenized, False
 
 
-def lora_targets(model, handler, targets: list[str], train_vision_tower: bool) -> tuple[list[str], str | None]:
-    """(LoRA targets, modules excluded) for any model: text models unchanged; multimodal ones per `vision_targets`,
-    logged in words."""
+def lora_targets(model, handler, targets: list[str], train_vision_tower: bool,
+                 chosen_by_user: bool = False) -> tuple[list[str], str | None]:
+    """(LoRA targets, modules excluded) for any model: text models unchanged; multimodal ones per `vision_targets`
+    (the projector added unless --target-modules or a checkpoint fixed the targets), logged in words."""
     if multimodal_backbone(model) is None or not handler.vision_tower:
         if train_vision_tower:
             log.info("--train-vision-tower changes nothing: this is a text-only model.")
         return list(targets), None
-    chosen, exclude = vision_targets(model, handler, targets, train_vision_tower)
-    log.info("Multimodal LoRA: %s.", describe_targets(handler, train_vision_tower))
+    chosen, exclude = vision_targets(model, handler, targets, train_vision_tower, add_projector=not chosen_by_user)
+    log.info("Multimodal LoRA: %s.", "the targets given" + ("" if train_vision_tower else
+                                                             ", the vision tower left out (--train-vision-tower adapts it)")
+             if chosen_by_user else describe_targets(handler, train_vision_tower))
     return chosen, exclude
 
 
@@ -270,9 +273,10 @@ def _fragment_pattern(fragments: tuple[str, ...]) -> str:
     return rf"(?:.*\.)?(?:{alternatives})(?:\..*)?"
 
 
-def vision_targets(model, handler, targets: list[str], train_vision_tower: bool) -> tuple[list[str], str | None]:
-    """(LoRA targets, exclude pattern): the vision tower is excluded unless --train-vision-tower, which adds its
-    linear layers to the targets instead."""
+def vision_targets(model, handler, targets: list[str], train_vision_tower: bool,
+                   add_projector: bool = True) -> tuple[list[str], str | None]:
+    """(LoRA targets, exclude pattern): the projector added (by default), the vision tower excluded unless
+    --train-vision-tower, which adds its linear layers to the targets instead."""
     import re
 
     from handlers.generic import discover_linear_targets
@@ -280,8 +284,8 @@ def vision_targets(model, handler, targets: list[str], train_vision_tower: bool)
     pattern = _fragment_pattern(handler.vision_tower)
     names = [name for name, _ in model.named_modules()]
     # the projector is adapted by default whatever the targets ('all-linear' skips Qwen's mlp.0 / mlp.2)
-    targets = list(targets) + [p for p in handler.projector if p not in targets and p.rsplit(".", 1)[-1] not in
-                               targets and any(name.endswith("." + p) for name in names)]
+    targets = list(targets) + [p for p in handler.projector if add_projector and p not in targets and
+                               p.rsplit(".", 1)[-1] not in targets and any(name.endswith("." + p) for name in names)]
     tower_linears, elsewhere = set(), set()
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
