@@ -75,10 +75,11 @@ def run(cfg: TrainConfig) -> int:
 
 def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model_config: dict):
     sources, examples = load_examples(cfg)
-    if not handler.is_multimodal(model_config):
+    multimodal = handler.is_multimodal(model_config)
+    if not multimodal:
         refuse_images(examples, f"{info.get('source', model_path.name)} ({handler.name})")
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
-    if handler.is_multimodal(model_config):
+    if multimodal:
         tokenizer, tokenized, fallback_used = vision.prepare(model_path, examples, max_length, cfg.train_on_prompt,
                                                              info.get("trust_remote_code", False))
     else:
