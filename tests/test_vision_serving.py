@@ -107,6 +107,8 @@ def test_merged_export_carries_the_processor(trained_llava, tmp_path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    refused = run_cli("export", str(trained_llava), "--format", "gguf")
+    assert refused.exit_code == 1 and "--format gguf of a multimodal model is not supported" in refused.output
     out = tmp_path / "merged"
     result = run_cli("export", str(trained_llava), "--format", "merged", "--out", str(out))
     assert result.exit_code == 0, result.output
