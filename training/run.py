@@ -224,10 +224,13 @@ def _lora_shape(cfg: TrainConfig, checkpoint, model, handler, parameters: int):
 
 def _log_plan(cfg: TrainConfig, plan: Plan, batches, split, placement, checkpointing: bool) -> None:
     lengths = [len(t.input_ids) for t in split.train]
-    log.info("Batch: %d examples per optimizer step (%d per micro-batch x %d accumulation x %d process(es)%s), packed "
-             "into rows of up to %d tokens without padding (median example %d tokens); %s.",
+    unpacked = split.train[0].images is not None  # a multimodal model's rows (training/vision.py)
+    rows = "one example per row, padded (not packed: multimodal model), rows" if unpacked else "packed into rows"
+    log.info("Batch: %d examples per optimizer step (%d per micro-batch x %d accumulation x %d process(es)%s), %s "
+             "of up to %d tokens%s (median example %d tokens); %s.",
              plan.examples_per_step, batches.micro_batch, plan.accumulation, plan.processes,
-             f", {plan.strategy}" if plan.processes > 1 else "", plan.row_length, statistics.median(lengths),
+             f", {plan.strategy}" if plan.processes > 1 else "", rows, plan.row_length,
+             "" if unpacked else " without padding", statistics.median(lengths),
              batches.reason)
     if plan.circular:
         log.info("Circular: the step starts at %d example(s) and grows every 5 cycles%s.", plan.examples_per_step,
