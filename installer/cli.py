@@ -142,6 +142,10 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
         f"in {result.model_dir.root} in {result.seconds:.1f}s ({result.fetch_mode}, "
         f"{human_bytes(result.model_dir.disk_bytes())} on disk)."
     )
+    if info.get("vision"):
+        from .vision_info import vision_line
+
+        click.echo(f"The model is {vision_line(info['vision'])}.")
     click.echo(f"Next: cd {shlex.quote(str(result.model_dir.root))} && ./train.sh --data 'data/*.json' && ./start.sh")
 
 

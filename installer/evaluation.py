@@ -53,6 +53,9 @@ def evaluate_installed(model_dir: Path, options: EvalOptions, echo: Callable[[st
     handler = handler_for_config(config)
     if not handler.multimodal:
         refuse_images(examples, f"{info.get('source', model.root.name)} ({handler.name})")
+    elif any(example.images for example in examples):
+        raise EvalError(f"{options.data} has image examples, and llm-installer eval compares text data only; "
+                        "evaluate with text examples, or see the sample answers of ./train.sh.")
     tokenizer = _tokenizer(model, adapter, handler)
     data = _prepare(tokenizer, examples, handler, config)
     echo(f"Evaluating {len(data.items)} examples from {options.data} "

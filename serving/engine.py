@@ -81,6 +81,7 @@ class ModelEngine:
     generation for one route (the base model or an adapter)."""
 
     supports_logprobs = True
+    processor = None  # a multimodal model's processor (serving/images.py renders image chats with it)
 
     def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
                  max_concurrency: int = 1):
@@ -119,9 +120,19 @@ class ModelEngine:
                                                                 bnb_4bit_compute_dtype=torch_dtype))
         if cpu_offload or quantization != "none":
             kwargs["device_map"] = "auto" if cpu_offload else {"": 0}
+        from handlers import is_multimodal_dir
+
+        processor = None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+            if is_multimodal_dir(model_path):
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                processor = AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+                tokenizer = processor.tokenizer
+                model = AutoModelForImageTextToText.from_pretrained(str(model_path), **kwargs)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
         except (OSError, ValueError) as exc:
             raise LoadError(f"Cannot load the model from {model_path}: {str(exc).splitlines()[0]}") from exc
         if "device_map" not in kwargs:
@@ -132,9 +143,11 @@ class ModelEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
-        config = model.config
+        config = model.config.get_text_config()
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-        return cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+        engine = cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+        engine.processor = processor
+        return engine
 
     def _activate(self, key: str | None) -> None:
         """Make adapter `key` (None: none, the base model) the one the model computes with; nothing is generating."""
@@ -152,7 +165,8 @@ class ModelEngine:
         adapter = self.adapters.get(key) if key else None
         return (adapter.chat_template if adapter and adapter.chat_template else None) or self.base_template
 
-    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None) -> list[int]:
+    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None,
+                    images: list | None = None) -> list[int]:
         """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
 
         Rendered as training renders it (training/tokenize.py): a template without tool support gets earlier tool
@@ -163,6 +177,10 @@ class ModelEngine:
 
         template = self.chat_template(key)
         messages = normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
+        if self.processor is not None:  # multimodal: the processor renders and expands image tokens
+            from .images import processor_prompt
+
+            return processor_prompt(self, messages, images or [], template, tools)
         extra = {"tools": tools} if tools and "tools" in (template or "") else {}
         try:
             text = self._render(messages, template, extra)
@@ -226,6 +244,8 @@ class ModelEngine:
                       do_sample=sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
                       logits_processor=LogitsProcessorList(processors), pad_token_id=self.tokenizer.pad_token_id,
                       return_dict_in_generate=True)
+        for name, value in getattr(prompt_ids, "inputs", {}).items():  # a multimodal prompt's image tensors
+            kwargs[name] = value.to(inputs.device)
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_tokens
         if sampling:

@@ -50,6 +50,8 @@ def test_preference_shapes_are_detected_and_split_like_trl(record, prompt, chose
     ([{"chosen": [USER, BLUE], "rejected": [USER, BLUE]}], "record 1: 'chosen' has no answer after the prompt."),
     ([{"chosen": [USER, BLUE], "rejected": [{"role": "user", "content": "Hi"}, GREEN]}], "share no prompt"),
     ([{"prompt": "Q?", "chosen": 3, "rejected": "No."}], "'chosen' must be text or a list of messages"),
+    ([{"prompt": [{"role": "user", "content": [{"type": "image", "image": "cat.png"}]}], "chosen": [BLUE],
+       "rejected": [GREEN]}], "record 1 'prompt': has an image; preference pairs are text only."),
     # a file must hold one format: an SFT record after preference pairs is refused, and the reverse
     ([{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}, {"instruction": "Q?", "output": "Yes."}],
      "record 2: missing field(s) chosen, rejected"),
@@ -79,6 +81,8 @@ def test_detection_makes_the_method_dpo_and_dpo_needs_preference_data():
         resolve_method(TrainConfig(data="x", model_dir="m"), pairs + sft)
     with pytest.raises(MethodError, match=r"^--train-on-prompt does not apply to preference pairs"):
         resolve_method(TrainConfig(data="x", model_dir="m", train_on_prompt=True), pairs)
+    with pytest.raises(MethodError, match=r"^Preference training \(DPO\) is for text-only models"):
+        resolve_method(TrainConfig(data="x", model_dir="m"), pairs, multimodal=True)
     qlora = TrainConfig(data="x", model_dir="m", method="qlora")
     assert resolve_method(qlora, pairs) and qlora.method == "qlora"  # DPO on the 4-bit base
 

@@ -64,14 +64,19 @@ def _causal_lm_loss_module():
     import torch
 
     class CausalLMLoss(torch.nn.Module):
-        """forward(input_ids, position_ids, labels) -> (sum of token losses, labelled tokens)."""
+        """forward(input_ids, labels, position_ids, attention_mask, image tensors) -> (sum of token losses,
+        labelled tokens)."""
 
         def __init__(self, model, use_liger: bool = False) -> None:
             super().__init__()
             self.model = model
             causal = _base_causal_lm(model)
             # a plain dict: the decoder and head stay submodules of `model` only, never registered twice
-            self._parts = {"decoder": causal.get_decoder() if hasattr(causal, "get_decoder") else None,
+            from .vision import multimodal_backbone
+
+            # image-text models: the backbone that merges image features into the text, not the bare decoder
+            decoder = multimodal_backbone(causal) or (causal.get_decoder() if hasattr(causal, "get_decoder") else None)
+            self._parts = {"decoder": decoder,
                            "head": causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None}
             self._transform = _logit_transform(causal.config)
             fused_ok = isinstance(self._parts["head"], torch.nn.Linear) and self._transform is None
@@ -80,16 +85,16 @@ def _causal_lm_loss_module():
             if self._liger is not None:
                 log.info("Loss: Liger fused linear cross-entropy on the labelled positions.")
 
-        def forward(self, input_ids, position_ids, labels, attention_mask=None):
+        def forward(self, input_ids, labels, position_ids=None, attention_mask=None, **image_inputs):
             targets = labels[:, 1:]
             mask = targets != IGNORE_INDEX
             count = mask.sum()
             if not self.selective:
                 logits = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                    use_cache=False).logits[:, :-1]
+                                    use_cache=False, **image_inputs).logits[:, :-1]
                 return _cross_entropy_sum(logits[mask], targets[mask]), count
             output = self._parts["decoder"](input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                   use_cache=False)
+                                   use_cache=False, **image_inputs)
             hidden = output[0][:, :-1][mask]
             chosen = targets[mask]
             if self._liger is not None:

@@ -38,9 +38,10 @@ class MethodError(DataError):
     """The data and --method disagree."""
 
 
-def resolve_method(cfg, examples: list[Example]) -> bool:
+def resolve_method(cfg, examples: list[Example], multimodal: bool = False) -> bool:
     """True when this run trains with DPO: preference data makes --method dpo (logged); --method dpo
-    without preference data, or preference data mixed with other formats, is an error."""
+    without preference data, preference data mixed with other formats, or on a multimodal model, is an
+    error."""
     preference = [e for e in examples if e.format == "preference"]
     if cfg.method == "dpo" and not preference:
         first = examples[0]
@@ -48,6 +49,9 @@ def resolve_method(cfg, examples: list[Example]) -> bool:
                           f"{first.origin} is in {first.format} format.")
     if not preference:
         return False
+    if multimodal:
+        raise MethodError("Preference training (DPO) is for text-only models; this model is multimodal, so train "
+                          "it on SFT data.")
     if cfg.train_on_prompt:
         raise MethodError("--train-on-prompt does not apply to preference pairs: DPO compares the answers' "
                           "log-probabilities, never the prompt's; leave it out.")

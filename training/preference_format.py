@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .data_sources import DataError
 from .formats import Example, _openai
+from .vision_data import ImageRefs
 
 
 def _is_messages(value) -> bool:
@@ -77,6 +78,15 @@ def _check_answers(kind: str, chosen, rejected, where: str) -> None:
         raise DataError(f"{where}: 'chosen' and 'rejected' are the same answer, so there is no preference to learn.")
 
 
+def _messages(messages: list, where: str) -> list[dict]:
+    """Validated chat messages (the openai format's rules); images are refused: DPO trains text pairs."""
+    refs = ImageRefs(None, where)
+    converted = _openai({"messages": messages}, where, refs)
+    if refs.used:
+        raise DataError(f"{where}: has an image; preference pairs are text only.")
+    return converted
+
+
 def convert_preference(record: dict, origin: str, index: int) -> Example:
     """One preference record as an Example (prompt in `messages` or `prompt`, answers in `chosen`/`rejected`)."""
     where = f"{origin}, record {index + 1}"
@@ -89,9 +99,8 @@ def convert_preference(record: dict, origin: str, index: int) -> Example:
     if not prompt:
         raise DataError(f"{where}: 'chosen' and 'rejected' share no prompt; give a 'prompt', or start both "
                         "conversations with the same messages.")
-    prompt = _openai({"messages": prompt}, f"{where} 'prompt'")
-    chosen = _openai({"messages": chosen}, f"{where} 'chosen'") if chosen else []
-    rejected = _openai({"messages": rejected}, f"{where} 'rejected'") if rejected else []
+    prompt, chosen, rejected = (_messages(value, f"{where} '{key}'") if value else [] for key, value in (
+        ("prompt", prompt), ("chosen", chosen), ("rejected", rejected)))
     _check_answers(kind, chosen, rejected, where)
     return Example("preference", origin, index, messages=prompt, chosen=chosen, rejected=rejected)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from handlers import handler_for_config
 from handlers.base import is_small_model
 
-from . import tensorboard_server
+from . import tensorboard_server, vision
 from .autostop import Monitor, rules_for
 from .config import TrainConfig
 from .data_sources import DataError, load_sources
@@ -80,15 +80,21 @@ def run(cfg: TrainConfig) -> int:
 
 def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model_config: dict):
     sources, examples = load_examples(cfg)
-    if not handler.multimodal:
+    multimodal = handler.is_multimodal(model_config)
+    if not multimodal:
         refuse_images(examples, f"{info.get('source', model_path.name)} ({handler.name})")
-    tokenizer = load_tokenizer(model_path)
-    fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
-    if resolve_method(cfg, examples):  # preference pairs: DPO
-        tokenized = tokenize_pairs(tokenizer, examples, max_length)
+    dpo = resolve_method(cfg, examples, multimodal)
+    if multimodal:
+        tokenizer, tokenized, fallback_used = vision.prepare(model_path, examples, max_length, cfg.train_on_prompt,
+                                                             info.get("trust_remote_code", False))
     else:
-        tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
+        tokenizer = load_tokenizer(model_path)
+        fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
+        if dpo:  # preference pairs
+            tokenized = tokenize_pairs(tokenizer, examples, max_length)
+        else:
+            tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
     truncated = sum(t.truncated for t in tokenized)
     formats = sorted({e.format for e in examples})
     task = task_type(examples)
@@ -148,8 +154,10 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     if is_small_model(parameters) and not (cfg.target_modules and cfg.learning_rate):
         log.info("Small model (%s parameters, under 50M): LoRA on every linear layer and a %.0e base "
                  "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
+    targets, exclude = vision.lora_targets(model, handler, targets, cfg.train_vision_tower,
+                                           chosen_by_user=bool(cfg.target_modules or checkpoint))
     model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, quantized,
-                           checkpointing or (quantized and handler.gradient_checkpointing))
+                           checkpointing or (quantized and handler.gradient_checkpointing), exclude)
     if start:
         load_into(model, start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -215,9 +223,13 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
         samples = None
         if not cfg.skip_test and not interrupted:
-            samples = sample_answers(model, tokenizer, chosen, examples, bool(split.val), device_name(device))
-            summary["evaluation"] = evaluate_run(model, tokenizer, chosen, examples, tokenized, split.val,
-                                                 device_name(device))
+            multimodal = handler.is_multimodal(model_config)
+            samples = vision.sample_answers(model, model_path, chosen, examples, bool(split.val), device_name(
+                device)) if multimodal else sample_answers(
+                model, tokenizer, chosen, examples, bool(split.val), device_name(device))
+            summary["evaluation"] = {"skipped": "image examples: the base/tuned comparison reads text data only"} \
+                if multimodal else evaluate_run(model, tokenizer, chosen, examples, tokenized, split.val,
+                                                device_name(device))
             write_json(output / "adapter_info.json", summary)
         print(final_report(summary, samples, workdir), flush=True)
         return 130 if interrupted and cfg.mode != "non-stop" else 0
@@ -240,10 +252,13 @@ def _lora_shape(cfg: TrainConfig, checkpoint, model, handler, parameters: int):
 
 def _log_plan(cfg: TrainConfig, plan: Plan, batches, split, placement, checkpointing: bool) -> None:
     lengths = [len(t.input_ids) for t in split.train]
-    log.info("Batch: %d examples per optimizer step (%d per micro-batch x %d accumulation x %d process(es)%s), packed "
-             "into rows of up to %d tokens without padding (median example %d tokens); %s.",
+    unpacked = split.train[0].images is not None  # a multimodal model's rows (training/vision.py)
+    rows = "one example per row, padded (not packed: multimodal model), rows" if unpacked else "packed into rows"
+    log.info("Batch: %d examples per optimizer step (%d per micro-batch x %d accumulation x %d process(es)%s), %s "
+             "of up to %d tokens%s (median example %d tokens); %s.",
              plan.examples_per_step, batches.micro_batch, plan.accumulation, plan.processes,
-             f", {plan.strategy}" if plan.processes > 1 else "", plan.row_length, statistics.median(lengths),
+             f", {plan.strategy}" if plan.processes > 1 else "", rows, plan.row_length,
+             "" if unpacked else " without padding", statistics.median(lengths),
              batches.reason)
     if plan.circular:
         log.info("Circular: the step starts at %d example(s) and grows every 5 cycles%s.", plan.examples_per_step,
