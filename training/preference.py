@@ -76,6 +76,7 @@ class TokenizedPair:
     chosen: Tokenized
     rejected: Tokenized
     reference: tuple[float, float] | None = None
+    images = None  # as Tokenized: pairs are text only (a multimodal model's examples carry image inputs)
 
     @property
     def input_ids(self) -> list[int]:
