@@ -227,3 +227,13 @@ def test_train_sh_and_start_sh_with_images(llava_source, tmp_path):
     chat = subprocess.run([str(model_dir / "start.sh"), "--chat", "--temperature", "0"], text=True, timeout=300,
                           input=f"/image {picture}\n{QUESTION}\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert chat.returncode == 0 and "> yellow\n" in chat.stdout, chat.stdout
+
+
+@pytest.mark.e2e
+def test_eval_refuses_image_examples_in_one_sentence(trained_llava, tmp_path):
+    from conftest import run_cli
+    from tiny_vision import colour_dataset
+
+    result = run_cli("eval", str(trained_llava), "--data", str(colour_dataset(tmp_path, copies=1)))
+    assert result.exit_code == 1 and "has image examples" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
