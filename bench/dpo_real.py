@@ -105,9 +105,11 @@ def step_times(steps: int, batch: int) -> dict:
     max_length = 1024
     sft = tokenize_all(tokenizer, examples_from_source(SourceRecords("sft", sft_raw), None), max_length)
     pairs = tokenize_pairs(tokenizer, examples_from_source(SourceRecords("pairs", pairs_raw), None), max_length)
-    sft_trainer = _trainer(model_path, sft, None, batch, max_length)
-    sft_double = _trainer(model_path, sft, None, 2 * batch, max_length)  # SFT on as many tokens as DPO's step
-    dpo_trainer = _trainer(model_path, pairs, PreferenceObjective(0.1), batch, max_length)
+    # rows as train.sh plans them: as wide as the longest example (SFT) or pair (DPO packs narrower itself)
+    sft_row, dpo_row = (max(len(t.input_ids) for t in data) for data in (sft, pairs))
+    sft_trainer = _trainer(model_path, sft, None, batch, sft_row)
+    sft_double = _trainer(model_path, sft, None, 2 * batch, sft_row)  # SFT on as many tokens as DPO's step
+    dpo_trainer = _trainer(model_path, pairs, PreferenceObjective(0.1), batch, dpo_row)
     started = time.perf_counter()
     compute_reference(dpo_trainer, pairs, None)
     reference = (time.perf_counter() - started) / len(pairs)
