@@ -323,6 +323,8 @@ def test_sft_then_dpo_from_the_adapter_switches_greedy_answers_to_the_chosen_one
     kept = info["preference"]["best"]
     assert kept["reward_accuracy"] == 1.0 and kept["reward_margin"] > 0 and kept["reward_chosen"] > kept["reward_rejected"]
     assert "Rewards (kept):   accuracy 100%" in dpo.stdout
+    events = b"".join(path.read_bytes() for path in (model_dir / "lora" / "logs").rglob("events.out.tfevents.*"))
+    assert all(tag in events for tag in (b"train/reward_accuracy", b"train/reward_margin", b"train/reward_chosen"))
     # the SFT adapter is kept in lora.prev and, for a resume, in checkpoints/reference
     for kept_dir in (model_dir / "lora.prev", model_dir / "checkpoints" / "reference"):
         weights = load_file(str(kept_dir / "adapter_model.safetensors"))
