@@ -312,10 +312,10 @@ def test_sft_then_dpo_from_the_adapter_switches_greedy_answers_to_the_chosen_one
     assert _greedy_answers(model_dir, questions) == [bad for _, _, bad in QUESTIONS]  # the 2:1 majority
     sft_weights = load_file(str(model_dir / "lora" / "adapter_model.safetensors"))
 
-    # a gentle learning rate: DPO pushes the rejected answers down, too far and it drags the chosen ones along
-    dpo = _train(model_dir, "--data", dpo_data, "--from-adapter", "./lora", "--epochs", "8", "--force-epochs",
-                 "--learning-rate", "1e-3")
+    # the default learning rate of a preference run is a third of SFT's (3e-3 for this small model)
+    dpo = _train(model_dir, "--data", dpo_data, "--from-adapter", "./lora", "--epochs", "8", "--force-epochs")
     assert dpo.returncode == 0, dpo.stdout
+    assert "learning rate 1.00e-03" in dpo.stdout
     assert "training with DPO (--method dpo)" in dpo.stdout and "Starting from the adapter in" in dpo.stdout
     assert _greedy_answers(model_dir, questions) == [good for _, good, _ in QUESTIONS]
     info = _info(model_dir)

@@ -27,7 +27,7 @@ from .mixing import is_mix, share_lines, split_sources
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
 from .outputs import plot_history, publish_adapter, write_json
 from .planning import choose_max_length, plan_batches
-from .preference import PreferenceObjective, preference_summary, prepare_reference, resolve_method, tokenize_pairs
+from .preference import DPO_LR_FACTOR, PreferenceObjective, preference_summary, prepare_reference, resolve_method, tokenize_pairs
 from .report import final_report, sample_answers
 from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
 from .runfile import RUN_FILE, run_file_text, saved_config
@@ -169,7 +169,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         check_disk(workdir, trainable, cfg.save_total_limit)
 
     epochs = cfg.max_circular_epochs if circular else (cfg.epochs or cfg.preset.epochs)
-    lr = cfg.learning_rate or handler.learning_rate(parameters) * cfg.preset.lr_multiplier
+    lr = cfg.learning_rate or handler.learning_rate(parameters) * cfg.preset.lr_multiplier * (
+        DPO_LR_FACTOR if task == "preference" else 1.0)
     plan = Plan(epochs=epochs, examples_per_step=batches.examples_per_step, accumulation=batches.accumulation,
                 learning_rate=lr, evals_per_epoch=evals_per_epoch, circular=circular, adaptive=cfg.mode == "adaptive",
                 constant_lr=cfg.mode in ("adaptive", "non-stop"), optimizer=cfg.optimizer,
