@@ -1,7 +1,7 @@
 """Model-family handlers: per-family facts as data, one module per family."""
 
 from .base import CHATML_TEMPLATE, PLAIN_CHAT_TEMPLATE, ModelHandler, auto_lora_rank
-from .registry import all_handlers, by_name, handler_for_config, register
+from .registry import all_handlers, by_name, handler_for_config, is_multimodal_dir, register
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -11,5 +11,6 @@ __all__ = [
     "auto_lora_rank",
     "by_name",
     "handler_for_config",
+    "is_multimodal_dir",
     "register",
 ]

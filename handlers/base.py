@@ -80,6 +80,10 @@ class ModelHandler:
     trust_remote_code: bool = False
     chat_template_fallback: str = CHATML_TEMPLATE
     multimodal: bool = False
+    # Multimodal families: module-path fragments of the vision encoder (frozen unless --train-vision-tower) and the
+    # projector's linear layers (suffixes of their module paths), adapted with the language model by default.
+    vision_tower: tuple[str, ...] = ()
+    projector: tuple[str, ...] = ()
     # Discover linear layers at load time instead of trusting `target_modules`.
     discover_targets: bool = False
     extra: dict = field(default_factory=dict)
@@ -99,8 +103,15 @@ class ModelHandler:
         bad_quant = set(self.quantization) - set(VALID_QUANTIZATION)
         if bad_quant:
             problems.append(f"unknown quantization {sorted(bad_quant)}")
+        if self.multimodal and not self.vision_tower:
+            problems.append("a multimodal handler must name its vision tower")
         if problems:
             raise ValueError(f"handler {self.name or '?'}: " + "; ".join(problems))
+
+    def is_multimodal(self, config: dict) -> bool:
+        """Whether a checkpoint with this config.json reads images (text-only variants of a family do not)."""
+        text_only = self.extra.get("text_only_model_types", ())
+        return self.multimodal and config.get("model_type") not in text_only and "vision_config" in config
 
     def lora_rank(self, parameters: int) -> int:
         """Automatic LoRA rank for a model of this many parameters."""
@@ -114,7 +125,7 @@ class ModelHandler:
         """Default LoRA targets: 'all-linear' for discovered/small models, else the family's modules."""
         if self.discover_targets or is_small_model(parameters):
             return "all-linear"
-        return list(self.target_modules)
+        return list(self.target_modules) + list(self.projector)
 
     def lora_alpha(self, parameters: int) -> int:
         """Automatic LoRA alpha: twice the rank."""
@@ -139,4 +150,6 @@ class ModelHandler:
             "extra_requirements": list(self.extra_requirements),
             "trust_remote_code": self.trust_remote_code,
             "multimodal": self.multimodal,
+            "vision_tower": list(self.vision_tower),
+            "projector": list(self.projector),
         }

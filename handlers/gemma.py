@@ -25,6 +25,10 @@ GEMMA3 = register(
         training_precision="bfloat16",
         max_sequence_length=8192,
         multimodal=True,
+        vision_tower=("vision_tower",),
+        # Gemma 3's projector is a bare weight matrix (mm_input_projection_weight), not a linear layer: LoRA cannot
+        # adapt it, so it stays frozen; the language model's projections are adapted.
+        projector=(),
         extra={"text_only_model_types": ["gemma3_text"]},
     )
 )

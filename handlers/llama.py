@@ -25,5 +25,7 @@ LLAMA4 = register(
         training_precision="bfloat16",
         max_sequence_length=8192,
         multimodal=True,
+        vision_tower=("vision_model",),
+        projector=("multi_modal_projector.linear_1",),
     )
 )

@@ -76,3 +76,15 @@ def handler_for_config(config: dict) -> ModelHandler:
     if text_config.get("model_type") in _BY_MODEL_TYPE:
         return _BY_MODEL_TYPE[text_config["model_type"]]
     return _BY_NAME[GENERIC_NAME]
+
+
+def is_multimodal_dir(model_path) -> bool:
+    """Whether the model directory's config.json is an image-text checkpoint of a multimodal family."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return handler_for_config(config).is_multimodal(config)

@@ -10,6 +10,7 @@ from .selection import select_files
 from .sources import read_metadata
 from .system import machine_info
 from .units import human_bytes, human_count
+from .vision_info import vision_line, vision_summary
 
 
 def _targets_text(targets: list[str] | str) -> str:
@@ -50,6 +51,8 @@ def check_report(model: str, revision: str | None = None, trust_remote_code: boo
         "quantization": list(handler.quantization),
         "gated": meta.gated,
         "gguf": _gguf_report(meta.gguf) if meta.gguf is not None else None,
+        "multimodal": handler.is_multimodal(meta.config),
+        "vision": vision_summary(meta.config, handler, trust_remote_code),
     }
 
 
@@ -83,6 +86,7 @@ def format_report(report: dict) -> str:
             + (" (pickle weights only: install needs --allow-pickle)" if report["pickle_only"] else ""),
         ]),
         f"Remote code:     {'required (--trust-remote-code)' if report['trust_remote_code'] else 'no'}",
+        *([f"Input:           {vision_line(report['vision'])}"] if report.get("vision") else []),
         "",
         f"Memory (fits this machine's {report['memory_budget']['kind']}: {human_bytes(report['memory_budget']['bytes'])})",
     ]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from training.config import FORMATS as DATASET_FORMATS
+
 from . import __version__
 from .demo import DEFAULT_MODEL as DEMO_MODEL
 from .demo import RECIPES as DEMO_RECIPES
@@ -140,6 +142,10 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
         f"in {result.model_dir.root} in {result.seconds:.1f}s ({result.fetch_mode}, "
         f"{human_bytes(result.model_dir.disk_bytes())} on disk)."
     )
+    if info.get("vision"):
+        from .vision_info import vision_line
+
+        click.echo(f"The model is {vision_line(info['vision'])}.")
     click.echo(f"Next: cd {shlex.quote(str(result.model_dir.root))} && ./train.sh --data 'data/*.json' && ./start.sh")
 
 
@@ -354,6 +360,55 @@ def export(target: str, fmt: str, out: Path | None, outtype: str | None, adapter
         return
     click.echo(f"Exported {fmt} ({result.outtype}) to {result.path}: {human_bytes(result.total_bytes)} in "
                f"{result.seconds:.1f}s.")
+
+
+@cli.command(name="eval")
+@click.argument("target")
+@click.option("--data", required=True, help="Held-out data: anything train.sh's --data accepts (file, directory, glob, "
+                                            "comma list, NAME:SPLIT), in any format it reads.")
+@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path),
+              help="Adapter directory to compare with the base model (default: TARGET/lora).")
+@click.option("--no-lora", is_flag=True, help="Evaluate the base model alone.")
+@click.option("--no-base", is_flag=True, help="Evaluate the tuned model alone (half the time).")
+@click.option("--max-examples", type=int, help="Evaluate a seeded random sample of this many examples.")
+@click.option("--max-new-tokens", type=int,
+              help="Longest greedy answer in tokens (default: the longest reference answer + 16, at most 512).")
+@click.option("--batch-size", type=int, help="Prompts generated together (default: 32 on a GPU, 8 otherwise).")
+@click.option("--device", type=click.Choice(DEVICES), help="Where to run (default: the model's default device).")
+@click.option("--dataset-format", type=click.Choice(DATASET_FORMATS), help="Force a dataset format instead of "
+                                                                          "detecting it.")
+@MODELS_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (progress goes to stderr).")
+def evaluate(target: str, models_dir: Path | None, as_json: bool, **options) -> None:
+    """Compare the base model and the tuned one on held-out data: loss and perplexity on the answer tokens,
+    exact match, ROUGE-L and BLEU of greedy answers, answers per second.
+
+    TARGET is an installed model's name or directory. See docs/training.md.
+
+    \b
+    Example (inside a model directory, after ./train.sh):
+      llm-installer eval . --data held_out.json
+      llm-installer eval . --data held_out.json --json --max-examples 200
+    """
+    from .evaluation import EvalOptions, evaluate_installed
+
+    path = Path(target).expanduser()
+    model = ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+    echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    try:
+        result = evaluate_installed(model.root, EvalOptions(**options), echo=echo)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted.", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from training.eval_report import format_table
+
+    click.echo(format_table(result))
+    click.echo(f"Took {result['setup']['seconds']:.1f}s.")
 
 
 def main() -> None:

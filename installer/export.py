@@ -105,6 +105,7 @@ def export_model(model_dir: Path, fmt: str, out: Path | None = None, outtype: st
     if llama_cpp is not None and fmt not in GGUF_FORMATS:
         raise ExportError(f"--llama-cpp is for the GGUF formats ({', '.join(GGUF_FORMATS)}), not {fmt}.")
     model = ModelDir(Path(model_dir).expanduser().resolve())
+    _refuse_multimodal_gguf(model, fmt)
     job = Job(model, _ready_info(model), fmt, _outtype(fmt, outtype), None, llama_cpp, echo)
     if not job.outtype:
         job.outtype = {dtype: name for name, dtype in TORCH_DTYPES.items()}[native_dtype(model)]
@@ -130,6 +131,14 @@ def export_model(model_dir: Path, fmt: str, out: Path | None = None, outtype: st
 
         offer_create(target, create, job)
     return result
+
+
+def _refuse_multimodal_gguf(model: ModelDir, fmt: str) -> None:
+    from handlers import is_multimodal_dir
+
+    if fmt != "merged" and is_multimodal_dir(model.weights):
+        raise ExportError(f"--format {fmt} of a multimodal model is not supported (llama.cpp keeps its vision part in "
+                          f"a separate projector file, which this exporter does not make); use --format merged.")
 
 
 def _ready_info(model: ModelDir) -> dict:

@@ -38,16 +38,21 @@ def _refuse_prequantized(job: Job) -> None:
 
 
 def load_merged(job: Job, dtype: str):
-    """The base model in `dtype` with the adapter merged into its weights (CPU), and its tokenizer."""
+    """The base model in `dtype` with the adapter merged into its weights (CPU), and its tokenizer (a multimodal
+    model's processor: image processor, tokenizer and chat template, so the export reads images too)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from handlers import is_multimodal_dir
 
     _refuse_prequantized(job)
     trust = bool(job.info.get("trust_remote_code"))
     job.echo(f"Loading {job.model.weights} ({dtype}) ...")
-    model = AutoModelForCausalLM.from_pretrained(str(job.model.weights), dtype=getattr(torch, dtype),
-                                                 trust_remote_code=trust)
-    tokenizer = AutoTokenizer.from_pretrained(str(job.model.weights), trust_remote_code=trust)
+    multimodal = is_multimodal_dir(job.model.weights)
+    model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    model = model_class.from_pretrained(str(job.model.weights), dtype=getattr(torch, dtype), trust_remote_code=trust)
+    tokenizer = (AutoProcessor if multimodal else AutoTokenizer).from_pretrained(str(job.model.weights),
+                                                                                  trust_remote_code=trust)
     if job.adapter is not None:
         from peft import PeftModel
 
@@ -63,7 +68,7 @@ def load_merged(job: Job, dtype: str):
     return model, tokenizer
 
 
-def _stop_token_ids(tokenizer, template: str | None) -> list[int]:
+def stop_token_ids(tokenizer, template: str | None) -> list[int]:
     """End-of-turn tokens of the chat template that are single tokens of the vocabulary, for generation to
     stop at (ChatML's <|im_end|> when eos is <|endoftext|>, Llama 3's <|eot_id|>, ...)."""
     from .export_ollama import family_of
@@ -89,7 +94,7 @@ def save_merged(job: Job, model, tokenizer, dest: Path, dtype: str) -> None:
     if generation is not None:
         eos = generation.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        extra = [i for i in _stop_token_ids(tokenizer, template) if i not in eos]
+        extra = [i for i in stop_token_ids(getattr(tokenizer, "tokenizer", tokenizer), template) if i not in eos]
         if extra:
             generation.eos_token_id = eos + extra
     model.save_pretrained(str(dest), max_shard_size=MAX_SHARD_SIZE, safe_serialization=True)

@@ -143,6 +143,8 @@ def _now() -> str:
 
 
 def _build_info(options, meta, handler, selection, records, extra) -> dict:
+    from .vision_info import vision_summary
+
     parameters, parameter_source = parameter_count(meta, options.trust_remote_code)
     return {
         "complete": True,
@@ -163,6 +165,8 @@ def _build_info(options, meta, handler, selection, records, extra) -> dict:
             "target_modules": handler.default_targets(parameters or 0),
         },
         "extra_requirements": extra,
+        "multimodal": handler.is_multimodal(meta.config),
+        "vision": vision_summary(meta.config, handler, options.trust_remote_code),
         "files": records,
         "download_bytes": selection.total_bytes,
         "installed_at": _now(),

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from .completions import Job, chat_completion, chat_events, text_completion, text_events
 from .engine import GenerationParams, ModelEngine
+from .images import template_messages
 from .protocol import ApiError, ChatRequest, CompletionRequest
 from .router import Router
 from .tools import marker_token_ids
@@ -36,6 +37,7 @@ class ServerState:
     api_key: str | None = None
     loopback: bool = True
     max_body_bytes: int = 1_000_000
+    allow_remote_images: bool = False
     engine: ModelEngine | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
@@ -139,12 +141,13 @@ def create_app(state: ServerState):
         body = _validated(ChatRequest, await _json_body(request, state))
         route = state.router.resolve(body.model)
         engine = _ready(state)
-        messages = [m.as_template_message() for m in body.messages]
+        messages, images = template_messages(body.messages, engine, state.allow_remote_images)
         if not any(m["role"] == "user" for m in messages):
             raise ApiError(400, "messages needs at least one user message.", "messages", "no_user_message")
         tools = body.active_tools
         try:
-            prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools)
+            with_images = (images,) if images else ()  # engines without image support take three arguments
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools, *with_images)
         except ValueError as exc:
             raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
         params = _params(body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,

@@ -84,8 +84,12 @@ def build_router(cfg: ServeConfig, adapter: AdapterInfo | None) -> Router:
 def build_state(cfg: ServeConfig, router: Router):
     """The server's state before the model is loaded: the ids it serves and its security settings."""
     from .app import ServerState
+    from .config import DEFAULT_MAX_BODY_BYTES
+    from .images import body_limit
 
-    return ServerState(router=router, api_key=cfg.api_key, loopback=cfg.loopback, max_body_bytes=cfg.max_body_bytes)
+    limit = body_limit(cfg.max_body_bytes, DEFAULT_MAX_BODY_BYTES, Path(cfg.model_dir) / "model")
+    return ServerState(router=router, api_key=cfg.api_key, loopback=cfg.loopback, max_body_bytes=limit,
+                       allow_remote_images=cfg.allow_remote_images)
 
 
 def _serve(cfg: ServeConfig, router: Router) -> int:

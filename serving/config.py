@@ -17,6 +17,7 @@ from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
 
 ENGINES = ("transformers", "llama.cpp", "vllm")
 BATCHING = ("auto", "on", "off")
+DEFAULT_MAX_BODY_BYTES = 1_000_000
 
 
 class ServeConfigError(UserError, ValueError):
@@ -64,7 +65,10 @@ class ServeConfig:
         "help": "Also serve the adapter in PATH under the model id NAME (repeatable); each is checked against the "
                 "base model like ./lora. Requests pick it with \"model\": \"NAME\".",
         "metavar": "NAME=PATH", "action": "append"})
-    max_body_bytes: int = _opt("Largest request body accepted, in bytes.", 1_000_000)
+    max_body_bytes: int = _opt("Largest request body accepted, in bytes (a multimodal model's default is 28000000, "
+                               "room for its images).", DEFAULT_MAX_BODY_BYTES)
+    allow_remote_images: bool = _opt("Multimodal models: fetch http(s) image URLs in requests (default: refused; "
+                                     "images come inline as data: URLs).", False)
 
     def validate(self) -> ServeConfig:
         if not 0 < self.port < 65536:

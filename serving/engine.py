@@ -83,6 +83,7 @@ class ModelEngine:
     generation for one route (the base model or an adapter)."""
 
     supports_logprobs = True
+    processor = None  # a multimodal model's processor (serving/images.py renders image chats with it)
 
     def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
                  max_concurrency: int = 1):
@@ -115,11 +116,6 @@ class ModelEngine:
         if threads:
             torch.set_num_threads(threads)
         batched = batching == "on" or (batching == "auto" and device == "cuda" and not cpu_offload)
-        max_concurrency = max_concurrency or (BATCH_SLOTS if batched else 1)
-        if device == "cpu" and max_concurrency > 1 and not batched:
-            log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
-                        "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",
-                        max_concurrency)
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         if quantization != "none":
             from transformers import BitsAndBytesConfig
@@ -129,9 +125,19 @@ class ModelEngine:
                                                                 bnb_4bit_compute_dtype=torch_dtype))
         if cpu_offload or quantization != "none":
             kwargs["device_map"] = "auto" if cpu_offload else {"": 0}
+        from handlers import is_multimodal_dir
+
+        processor = None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+            if is_multimodal_dir(model_path):
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                processor = AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+                tokenizer = processor.tokenizer
+                model = AutoModelForImageTextToText.from_pretrained(str(model_path), **kwargs)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
         except (OSError, ValueError) as exc:
             raise LoadError(f"Cannot load the model from {model_path}: {str(exc).splitlines()[0]}") from exc
         if "device_map" not in kwargs:
@@ -142,9 +148,18 @@ class ModelEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
-        config = model.config
+        config = model.config.get_text_config()
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        if batched and processor is not None:  # image inputs go through generate; transformers' manager takes ids
+            log.warning("Continuous batching is not used for multimodal models.")
+            batched = False
+        max_concurrency = max_concurrency or (BATCH_SLOTS if batched else 1)
+        if device == "cpu" and max_concurrency > 1 and not batched:
+            log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
+                        "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",
+                        max_concurrency)
         engine = cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+        engine.processor = processor
         if batched:
             from .batching import ContinuousBatcher
 
@@ -173,7 +188,8 @@ class ModelEngine:
         adapter = self.adapters.get(key) if key else None
         return (adapter.chat_template if adapter and adapter.chat_template else None) or self.base_template
 
-    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None) -> list[int]:
+    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None,
+                    images: list | None = None) -> list[int]:
         """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
 
         Rendered as training renders it (training/tokenize.py): a template without tool support gets earlier tool
@@ -184,6 +200,10 @@ class ModelEngine:
 
         template = self.chat_template(key)
         messages = normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
+        if self.processor is not None:  # multimodal: the processor renders and expands image tokens
+            from .images import processor_prompt
+
+            return processor_prompt(self, messages, images or [], template, tools)
         extra = {"tools": tools} if tools and "tools" in (template or "") else {}
         try:
             text = self._render(messages, template, extra)
@@ -238,7 +258,7 @@ class ModelEngine:
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
         from .batching import batchable
 
-        if self._batcher is not None and batchable(params):
+        if self._batcher is not None and batchable(params) and not getattr(prompt_ids, "inputs", None):
             yield from self._generate_batched(prompt_ids, params, generation)
             return
         yield from self._generate_alone(prompt_ids, params, generation)
@@ -296,6 +316,8 @@ class ModelEngine:
                       do_sample=sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
                       logits_processor=LogitsProcessorList(processors), pad_token_id=self.tokenizer.pad_token_id,
                       return_dict_in_generate=True)
+        for name, value in getattr(prompt_ids, "inputs", {}).items():  # a multimodal prompt's image tensors
+            kwargs[name] = value.to(inputs.device)
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_tokens
         if sampling:

@@ -9,7 +9,7 @@ from .protocol import ApiError
 from .router import Route, Router
 
 HELP = ("Type a message and press Enter. /model [ID] lists or picks the model, /system TEXT sets the system prompt, "
-        "/clear forgets the chat, /exit quits.")
+        "/image PATH attaches an image to your next message (multimodal models), /clear forgets the chat, /exit quits.")
 MAX_NEW_TOKENS = 512
 
 
@@ -23,6 +23,8 @@ def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO
     print(f"Chatting with {_describe(route)}. {HELP}", file=stdout, flush=True)
     system: str | None = None
     history: list[dict] = []
+    images: list = []  # every image of the conversation, in order; `attached` go with the next message
+    attached: list = []
     while True:
         print("> ", end="", file=stdout, flush=True)
         line = stdin.readline()
@@ -34,8 +36,13 @@ def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO
             continue
         if text in ("/exit", "/quit"):
             return 0
+        if text == "/image" or text.startswith("/image "):
+            print(f"({_attach(engine, text.removeprefix('/image').strip(), attached)})", file=stdout, flush=True)
+            continue
         if text == "/clear":
             history.clear()
+            images.clear()
+            attached.clear()
             print("(chat cleared)", file=stdout, flush=True)
             continue
         if text == "/model" or text.startswith("/model "):
@@ -55,14 +62,20 @@ def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO
             system = text.removeprefix("/system").strip() or None
             print(f"(system prompt {'set' if system else 'cleared'})", file=stdout, flush=True)
             continue
-        history.append({"role": "user", "content": text})
+        content = [{"type": "image"}] * len(attached) + [{"type": "text", "text": text}] if attached else text
+        history.append({"role": "user", "content": content})
+        images += attached
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        prompt = engine.chat_prompt(messages, route.key)
+        prompt = engine.chat_prompt(messages, route.key, None, images) if images else engine.chat_prompt(messages,
+                                                                                                        route.key)
         room = engine.context_length - len(prompt)
         if room < 1:
             history.pop()
+            del images[len(images) - len(attached):]
+            attached.clear()
             print("(the conversation is longer than the model's context: /clear to start again)", file=stdout)
             continue
+        attached.clear()
         params = GenerationParams(max_tokens=min(MAX_NEW_TOKENS, room), temperature=temperature, top_p=0.95)
         pieces = []
         try:
@@ -73,3 +86,19 @@ def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO
             print(" (stopped)", end="", file=stdout)
         print(file=stdout, flush=True)
         history.append({"role": "assistant", "content": "".join(pieces)})
+
+
+def _attach(engine: ModelEngine, path: str, attached: list) -> str:
+    """Load the image at `path` for the next message; the sentence to show."""
+    if getattr(engine, "processor", None) is None:
+        return "this model is text-only: it cannot read images"
+    if not path:
+        return "usage: /image PATH"
+    from .images import load_image_file
+
+    try:
+        image = load_image_file(path)
+    except ValueError as exc:
+        return str(exc)
+    attached.append(image)
+    return f"image {path} attached ({image.width}x{image.height}): it goes with your next message"

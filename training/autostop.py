@@ -25,7 +25,8 @@ def rules_for(task: str, patience: int | None = None, threshold: float | None = 
     """QA/instruction: perfect 0.01, 10%, patience 3. Text: perfect 0.5, 20%, patience 5, perplexity watch."""
     if task == "text":
         return StopRules("text", 0.5, threshold or 0.20, patience or 5, True)
-    return StopRules("qa", 0.01, threshold or 0.10, patience or 3, False)
+    # preference pairs (DPO) use the QA thresholds on the DPO loss (it starts at ln 2 = 0.693)
+    return StopRules("preference" if task == "preference" else "qa", 0.01, threshold or 0.10, patience or 3, False)
 
 
 @dataclass

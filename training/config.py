@@ -11,9 +11,9 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from installer.errors import UserError
-
+from .errors import ConfigError
 from .launch import STRATEGIES
+from .runfile import merged_values
 
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
@@ -44,10 +44,6 @@ MODE_PRESETS = {
 }
 
 
-class ConfigError(UserError, ValueError):
-    """A flag value the user must fix."""
-
-
 def _opt(help_text: str, default=MISSING, **extra):
     meta = {"help": help_text, **extra}
     if default is MISSING:
@@ -61,8 +57,12 @@ def _opt(help_text: str, default=MISSING, **extra):
 class TrainConfig:
     """Every option of train.sh / train_lora.py."""
 
+    config: Path | None = _opt("Run file (YAML or JSON) whose keys are these flags' long names; flags given here "
+                               "override it. Every run saves its own as lora/run.yaml.", None)
     data: str | None = _opt("Dataset: file, directory, quoted glob, comma-separated list, NAME:SPLIT from the "
-                            "Hugging Face Hub, or a datasets.save_to_disk directory.", None)
+                            "Hugging Face Hub, or a datasets.save_to_disk directory; ENTRY@N weights an entry "
+                            "(counts N times per epoch; a fraction trains on that share of it): "
+                            "'chat.json@3,docs/*.jsonl@0.5'.", None)
     model_dir: Path | None = _opt("Installed model directory (train.sh passes it).", None)
     model_path: Path | None = _opt("Model weights directory (default: MODEL_DIR/model).", None)
     output: Path | None = _opt("Adapter output directory (default: MODEL_DIR/lora).", None)
@@ -123,7 +123,7 @@ class TrainConfig:
     tensorboard_port: int = _opt("Port for TensorBoard on localhost.", DEFAULT_TENSORBOARD_PORT)
     tensorboard_only: int | None = _opt("Only serve past training logs with TensorBoard [PORT].", None,
                                         nargs="?", const=DEFAULT_TENSORBOARD_PORT)
-    skip_test: bool = _opt("Skip the before/after sample answer at the end.", False)
+    skip_test: bool = _opt("Skip the before/after sample answer and the base-vs-tuned evaluation at the end.", False)
     save_total_limit: int = _opt("Numbered checkpoints to keep.", 3)
 
     def validate(self) -> TrainConfig:
@@ -219,6 +219,6 @@ def _argument_type(annotation):
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Parse command-line flags into a validated TrainConfig."""
-    namespace = build_parser().parse_args(argv)
-    return TrainConfig(**vars(namespace)).validate()
+    """Parse command-line flags, over the values of the --config run file if one is given, into a validated
+    TrainConfig."""
+    return TrainConfig(**merged_values(build_parser(), argv)).validate()

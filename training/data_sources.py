@@ -1,5 +1,5 @@
 """Reading --data: files, directories, globs, comma lists, Hub datasets and save_to_disk folders,
-into records (dicts) tagged with where they came from."""
+into records (dicts) tagged with where they came from and the entry (and weight) that named them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 
 from .config import FORMATS
 from .data_files import DataError, open_regular, read_delimited, read_json, read_json_lines, read_text, sha256
+from .data_spec import FILE_SUFFIXES, looks_like_hub_spec, parse_data
 
-__all__ = ["DataError", "SourceRecords", "load_sources", "read_file"]
-
-FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet")
+__all__ = ["FILE_SUFFIXES", "DataError", "SourceRecords", "load_sources", "read_file"]
 
 
 @dataclass
@@ -25,6 +24,8 @@ class SourceRecords:
     forced_format: str | None = None
     sha256: str | None = None
     text_lines: bool = False
+    entry: str = ""  # the --data entry that named it (validation is drawn per entry)
+    weight: float = 1.0  # times the entry counts per epoch
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -129,39 +130,48 @@ def _hub_dataset(spec: str) -> SourceRecords:
     return SourceRecords(f"hf:{spec}", dataset.to_list())
 
 
-def _looks_like_hub_spec(part: str) -> bool:
-    name, sep, split = part.rpartition(":")
-    return bool(sep and name and split and "*" not in part and not os.path.exists(part)
-                and not name.endswith(FILE_SUFFIXES))
+def _entry_sources(part: str) -> list[SourceRecords]:
+    """Every source named by one --data entry (its weight already split off)."""
+    path = Path(part).expanduser()
+    if any(ch in part for ch in "*?["):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        if not matches:
+            raise DataError(f"No files match '{part}'.")
+        seen: set[str] = set()
+        sources: list[SourceRecords] = []
+        for match in matches:
+            match_path = Path(match)
+            if match_path.is_dir():
+                sources += _directory_files(match_path, None, seen)
+            elif match_path.suffix.lower() in FILE_SUFFIXES:
+                sources += _read_once(match_path, None, seen)
+        return sources
+    if path.is_dir():
+        found = _directory_files(path, None, set())
+        if not found:
+            raise DataError(f"{path} holds no data files ({', '.join(FILE_SUFFIXES)}).")
+        return found
+    if path.exists() or path.is_symlink():  # a FIFO, a device or a dangling link is refused by name there
+        return [read_file(path)]
+    if looks_like_hub_spec(part):
+        return [_hub_dataset(part)]
+    raise DataError(f"Data not found: '{part}' is not a file, directory, glob or NAME:SPLIT.")
 
 
 def load_sources(spec: str) -> list[SourceRecords]:
-    """Every source named by a --data value."""
+    """Every source named by a --data value, tagged with its entry and weight.
+
+    A file named by two entries is refused: its held-out examples could be trained on through the other one.
+    """
     sources: list[SourceRecords] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        path = Path(part).expanduser()
-        if any(ch in part for ch in "*?["):
-            matches = sorted(glob.glob(str(path), recursive=True))
-            if not matches:
-                raise DataError(f"No files match '{part}'.")
-            seen: set[str] = set()
-            for match in matches:
-                match_path = Path(match)
-                if match_path.is_dir():
-                    sources += _directory_files(match_path, None, seen)
-                elif match_path.suffix.lower() in FILE_SUFFIXES:
-                    sources += _read_once(match_path, None, seen)
-        elif path.is_dir():
-            found = _directory_files(path, None, set())
-            if not found:
-                raise DataError(f"{path} holds no data files ({', '.join(FILE_SUFFIXES)}).")
-            sources += found
-        elif path.exists() or path.is_symlink():  # a FIFO, a device or a dangling link is refused by name there
-            sources.append(read_file(path))
-        elif _looks_like_hub_spec(part):
-            sources.append(_hub_dataset(part))
-        else:
-            raise DataError(f"Data not found: '{part}' is not a file, directory, glob or NAME:SPLIT.")
+    named_by: dict[str, str] = {}
+    for entry in parse_data(spec):
+        for source in _entry_sources(entry.spec):
+            key = source.origin if source.origin.startswith("hf:") else os.path.realpath(source.origin)
+            if key in named_by:
+                raise DataError(f"{source.origin} is named twice in --data (by '{named_by[key]}' and '{entry.spec}'); "
+                                "name each file once and give it a weight (@N) instead.")
+            named_by[key] = entry.spec
+            source.entry, source.weight = entry.spec, entry.weight
+            sources.append(source)
     return sources

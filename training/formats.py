@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .config import FORMATS
 from .data_sources import DataError, SourceRecords
+from .vision_data import ImageRefs, caption_messages, openai_content, text_with_placeholders
 
-KNOWN_FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision")
+KNOWN_FORMATS = FORMATS  # defined once, with the --dataset-format choices
 TEXT_TASK_FORMATS = {"text", "completion"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
@@ -22,6 +24,7 @@ IMAGE_KEYS = ("image", "images", "image_path", "image_url")
 
 # (format, keys that must all be present) in detection order.
 SIGNATURES = (
+    ("preference", ("chosen", "rejected")),  # TRL's preference format, explicit prompt or implicit
     ("openai", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("vision", ("image",)),
@@ -32,7 +35,8 @@ SIGNATURES = (
     ("text", ("text",)),
 )
 REQUIRED = {"openai": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
-            "qa": ("question", "answer"), "completion": ("prompt", "completion"), "text": ("text",), "vision": ()}
+            "qa": ("question", "answer"), "completion": ("prompt", "completion"), "text": ("text",), "vision": (),
+            "preference": ("chosen", "rejected")}
 
 
 @dataclass
@@ -45,11 +49,20 @@ class Example:
     messages: list[dict] = field(default_factory=list)
     prompt: str = ""
     completion: str = ""
-    image: str | None = None
+    images: list = field(default_factory=list)  # references (paths, data: URLs, bytes) in the order of image parts
+    # preference pairs: the prompt is in `messages` (chat) or `prompt` (text); the answers are lists of
+    # messages (chat) or strings (text)
+    chosen: list[dict] | str | None = None
+    rejected: list[dict] | str | None = None
 
     @property
     def is_chat(self) -> bool:
         return bool(self.messages)
+
+    @property
+    def image(self):
+        """The first image reference (None for a text example)."""
+        return self.images[0] if self.images else None
 
 
 def detect_format(record: dict) -> str | None:
@@ -87,7 +100,7 @@ def _tool_calls(raw, where: str) -> list[dict]:
     return calls
 
 
-def _openai(record: dict, where: str) -> list[dict]:
+def _openai(record: dict, where: str, refs: ImageRefs) -> list[dict]:
     messages = record["messages"]
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list.")
@@ -99,14 +112,14 @@ def _openai(record: dict, where: str) -> list[dict]:
         if role not in VALID_ROLES:
             raise DataError(f"{where}: message {number} has unknown role '{role}' "
                             f"(known: {', '.join(sorted(VALID_ROLES))}).")
-        converted = {"role": role, "content": _text(message.get("content"), where, "content")}
+        converted = {"role": role, "content": openai_content(message.get("content"), refs, where, _text)}
         if message.get("tool_calls"):
             converted["tool_calls"] = _tool_calls(message["tool_calls"], where)
         out.append(converted)
     return out
 
 
-def _sharegpt(record: dict, where: str) -> list[dict]:
+def _sharegpt(record: dict, where: str, refs: ImageRefs) -> list[dict]:
     turns = record["conversations"]
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: 'conversations' must be a non-empty list.")
@@ -117,12 +130,12 @@ def _sharegpt(record: dict, where: str) -> list[dict]:
         speaker = str(turn.get("from", turn.get("role", ""))).lower() if isinstance(turn, dict) else ""
         if speaker not in SHAREGPT_ROLES:
             raise DataError(f"{where}: turn {number} has unknown speaker '{speaker}'.")
-        out.append({"role": SHAREGPT_ROLES[speaker],
-                    "content": _text(turn.get("value", turn.get("content")), where, "value")})
+        text = _text(turn.get("value", turn.get("content")), where, "value")
+        out.append({"role": SHAREGPT_ROLES[speaker], "content": text_with_placeholders(text, refs)})
     return out
 
 
-def _alpaca(record: dict, where: str) -> list[dict]:
+def _alpaca(record: dict, where: str, _refs: ImageRefs) -> list[dict]:
     instruction = _text(record["instruction"], where, "instruction")
     extra = _text(record.get("input"), where, "input")
     messages = [{"role": "system", "content": _text(record["system"], where, "system")}] if record.get("system") else []
@@ -131,7 +144,7 @@ def _alpaca(record: dict, where: str) -> list[dict]:
                        {"role": "assistant", "content": _text(record["output"], where, "output")}]
 
 
-def _qa(record: dict, where: str) -> list[dict]:
+def _qa(record: dict, where: str, _refs: ImageRefs) -> list[dict]:
     question = _text(record["question"], where, "question")
     context = _text(record.get("context"), where, "context")
     answer = record["answer"]
@@ -153,18 +166,26 @@ def convert_record(record: dict, fmt: str, origin: str, index: int) -> Example:
     if missing:
         raise DataError(f"{where}: missing field(s) {', '.join(missing)} for {fmt} format.")
     if fmt in CHAT_CONVERTERS:
-        return Example(fmt, origin, index, messages=CHAT_CONVERTERS[fmt](record, where))
+        refs = ImageRefs(record.get("images") if fmt in ("openai", "sharegpt") else None, where)
+        messages = CHAT_CONVERTERS[fmt](record, where, refs)
+        return Example(fmt, origin, index, messages=messages, images=refs.finish())
+    if fmt == "preference":
+        from .preference_format import convert_preference
+
+        return convert_preference(record, origin, index)
     if fmt == "completion":
         return Example(fmt, origin, index, prompt=_text(record["prompt"], where, "prompt"),
                        completion=_text(record["completion"], where, "completion"))
     if fmt == "text":
         return Example(fmt, origin, index, completion=_text(record["text"], where, "text"))
-    image = next((record[k] for k in IMAGE_KEYS if k in record), None)
-    caption = record.get("caption") or record.get("answer") or record.get("text") or ""
-    question = record.get("question") or "Describe the image."
-    return Example(fmt, origin, index, image=str(image), messages=[
-        {"role": "user", "content": _text(question, where, "question")},
-        {"role": "assistant", "content": _text(caption, where, "caption")}])
+    image = next((record[k] for k in IMAGE_KEYS if record.get(k) is not None), None)
+    if isinstance(image, list):
+        if len(image) != 1:
+            raise DataError(f"{where}: a caption record takes one image, not {len(image)} (use messages for more).")
+        image = image[0]
+    if image is None:
+        raise DataError(f"{where}: the record has no image (fields {', '.join(IMAGE_KEYS)}).")
+    return Example(fmt, origin, index, images=[image], messages=caption_messages(record, image, where, _text))
 
 
 def examples_from_source(source: SourceRecords, forced: str | None) -> list[Example]:
@@ -183,7 +204,7 @@ def examples_from_source(source: SourceRecords, forced: str | None) -> list[Exam
 
 def refuse_images(examples: list[Example], model: str) -> None:
     """DataError naming the first image example's file and record when `model` (a text-only model) would get any."""
-    images = [e for e in examples if e.format == "vision"]
+    images = [e for e in examples if e.images]
     if images:
         first = images[0]
         raise DataError(f"{first.origin}, record {first.index + 1}: an image example ({len(images)} in the dataset), "
@@ -191,5 +212,8 @@ def refuse_images(examples: list[Example], model: str) -> None:
 
 
 def task_type(examples: list[Example]) -> str:
-    """'text' when every example is plain text or completion, else 'qa' (instructions, chat, QA)."""
+    """'text' when every example is plain text or completion, 'preference' for preference pairs, else 'qa'
+    (instructions, chat, QA)."""
+    if examples and all(e.format == "preference" for e in examples):
+        return "preference"
     return "text" if examples and all(e.format in TEXT_TASK_FORMATS for e in examples) else "qa"

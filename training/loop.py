@@ -2,7 +2,11 @@
 evaluations (or training-loss checks when there is no validation data), auto-stop, checkpoints,
 adaptive changes, and a clean stop on Ctrl+C/SIGTERM agreed by every process.
 
-The loop knows nothing about formats or files: it gets tokenized examples, a plan and an objective.
+The loop knows nothing about formats or files: it gets tokenized examples, a plan and an objective
+(batching.SFTObjective by default: token-weighted cross-entropy; preference.PreferenceObjective: DPO,
+each step a mean over pairs). An objective's loss module returns (loss sum, weight) or
+(loss sum, weight, statistics summed like the loss); the loop reduces all three over micro-batches and
+processes and logs each statistic divided by the weight.
 """
 
 from __future__ import annotations
@@ -84,23 +88,28 @@ class Trainer:
     """Runs one training session: optimizer steps over the plan, evaluations, checkpoints."""
 
     def __init__(self, model, plan, train_set: list, val_set: list | None, monitor, pad_id: int, seed: int,
-                 accelerator, status=None, use_liger: bool = False):
+                 accelerator, status=None, use_liger: bool = False, objective=None):
+        from .batching import SFTObjective
         from .checkpointing import install_hooks
-        from .objectives import sft_loss_module
-        from .packing import pack_rows
         from .schedule import total_steps
 
         self.model, self.plan, self.monitor, self.accelerator = model, plan, monitor, accelerator
         self.train_set, self.val_set, self.pad_id, self.seed = train_set, val_set or [], pad_id, seed
         self.writer, self.status = None, status or (lambda _line: None)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        loss_module = sft_loss_module(model, use_liger)
+        self.objective = objective or SFTObjective()
+        loss_module = self.objective.loss_module(model, use_liger)
         self.loss_model, self.optimizer = accelerator.prepare(loss_module, make_optimizer(plan.optimizer, trainable,
                                                                                            plan.learning_rate))
         install_hooks(accelerator)
         self.state = LoopState(examples_per_step=plan.examples_per_step, evals_per_epoch=plan.evals_per_epoch)
         self.total = total_steps(plan, len(train_set))
-        self.val_rows = pack_rows(self.val_set, plan.row_length) if self.val_set else []
+        self.val_batches = self.objective.eval_batches(self.val_set, plan.row_length, max(1, plan.eval_rows)) \
+            if self.val_set else []
+        self._local_stats = None  # this process's objective statistics of the step being trained
+        self._step_stats: list[float] = []  # ... summed over every process
+        self.step_metrics: dict[str, float] = {}  # the objective's statistics of the last step (all processes)
+        self.eval_metrics: dict[str, float] = {}  # ... and of the last evaluation
         self.stop_reason: str | None = None
         self.best_dir = plan.checkpoints / "best"
         self.resumed_fingerprint: str | None = None
@@ -110,29 +119,33 @@ class Trainer:
         return self.accelerator.is_main_process
 
     # --- one optimizer step ---------------------------------------------------------------
-    def _to_device(self, rows) -> dict:
-        from .packing import collate
+    def _to_device(self, batch) -> dict:
+        return {k: v.to(self.accelerator.device) for k, v in self.objective.collate(batch, self.pad_id).items()}
 
-        return {k: v.to(self.accelerator.device) for k, v in collate(rows, self.pad_id).items()}
+    def _metrics(self, stats, weight: float) -> dict[str, float]:
+        return {name: float(value) / max(1.0, weight) for name, value in zip(self.objective.metrics, stats,
+                                                                              strict=True)}
 
     def train_step(self, indices: list[int]) -> float:
-        """One optimizer step over these examples; returns the summed loss of all processes' labelled tokens."""
+        """One optimizer step over these examples; returns this process's summed loss (labelled tokens, or
+        pairs for DPO); the objective's statistics of the step are kept in `_local_stats`."""
         import torch
 
-        from .batching import labelled_tokens, micro_batches
-
-        acc, plan = self.accelerator, self.plan
-        scale = plan.processes * plan.accumulation / max(1, labelled_tokens(indices, self.train_set))
+        acc, plan, objective = self.accelerator, self.plan, self.objective
+        scale = plan.processes * plan.accumulation / max(1, objective.weight(indices, self.train_set))
         local = torch.zeros((), device=acc.device)
-        for rows, real in micro_batches(indices, self.train_set, plan.accumulation, plan.processes,
-                                        acc.process_index, plan.row_length):
+        self._local_stats = torch.zeros(len(objective.metrics), device=acc.device)
+        for rows, real in objective.micro_batches(indices, self.train_set, plan.accumulation, plan.processes,
+                                                  acc.process_index, plan.row_length):
             with acc.accumulate(self.loss_model):
-                loss_sum, _count = self.loss_model(**self._to_device(rows))
+                loss_sum, _count, *stats = self.loss_model(**self._to_device(rows))
                 weight = 1.0 if real else 0.0
                 # accelerate divides by the accumulation steps and DDP averages over processes: `scale` undoes
-                # both, so the gradient is that of the mean loss over every labelled token of the step
+                # both, so the gradient is that of the mean loss over every labelled token (or pair) of the step
                 acc.backward(loss_sum * (weight * scale))
                 local += loss_sum.detach().float() * weight
+                if stats:
+                    self._local_stats += stats[0].detach().float() * weight
                 if acc.sync_gradients:
                     acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
                     self.optimizer.step()
@@ -140,11 +153,15 @@ class Trainer:
         return local
 
     def _agree(self, local_loss, stop_requested: bool) -> tuple[float, bool]:
-        """(the step's loss sum over all processes, whether any process was asked to stop): one all-reduce."""
+        """(the step's loss sum over all processes, whether any process was asked to stop): one all-reduce,
+        which also sums the objective's statistics (kept, summed, in `_step_stats`)."""
         import torch
 
-        packed = torch.stack([local_loss.float(), torch.tensor(float(stop_requested), device=local_loss.device)])
+        stats = self._local_stats if self._local_stats is not None else torch.zeros(0, device=local_loss.device)
+        packed = torch.cat([torch.stack([local_loss.float(), torch.tensor(float(stop_requested),
+                                                                          device=local_loss.device)]), stats])
         total = self.accelerator.reduce(packed, reduction="sum") if self.plan.processes > 1 else packed
+        self._step_stats = total[2:].tolist()
         return float(total[0]), bool(total[1] > 0)
 
     def _set_lr(self) -> float:
@@ -157,37 +174,39 @@ class Trainer:
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> float | None:
-        """Token-weighted mean loss over the validation rows (None without validation data)."""
+        """Mean loss over the validation set, token- (or pair-) weighted; None without validation data.
+        The objective's statistics of this evaluation go to `eval_metrics`."""
         import torch
 
-        if not self.val_rows:
+        if not self.val_batches:
             return None
-        size, n = max(1, self.plan.eval_rows), self.plan.processes
-        batches = [self.val_rows[i:i + size] for i in range(0, len(self.val_rows), size)]
+        batches, n = self.val_batches, self.plan.processes
         rounds = math.ceil(len(batches) / n)  # every process runs as many forward passes as the others
-        totals = torch.zeros(2, device=self.accelerator.device)
+        totals = torch.zeros(2 + len(self.objective.metrics), device=self.accelerator.device)
         self.loss_model.eval()
         with torch.no_grad():
             for r in range(rounds):
                 index = r * n + self.accelerator.process_index
                 rows = batches[index] if index < len(batches) else batches[0]
-                loss_sum, count = self.loss_model(**self._to_device(rows))
+                loss_sum, count, *stats = self.loss_model(**self._to_device(rows))
                 if index < len(batches):
-                    totals += torch.stack([loss_sum.float(), count.float()])
+                    totals += torch.cat([torch.stack([loss_sum.float(), count.float()]), *[s.float() for s in stats]])
         self.loss_model.train()
         if n > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
+        self.eval_metrics = self._metrics(totals[2:].tolist(), float(totals[1]))
         return float(totals[0] / totals[1].clamp(min=1))
 
     # --- the loop -------------------------------------------------------------------------
     def run(self, stop: StopSignal, progress=None) -> str:
         """Train until the plan ends, auto-stop fires or a signal arrives; returns the stop reason."""
-        from .batching import epoch_steps, labelled_tokens
+        from .batching import epoch_steps
         from .schedule import examples_for_cycle, steps_for_epoch
 
         self.loss_model.train()
         started = time.monotonic() - self.state.elapsed
         window_loss, window_tokens = 0.0, 0
+        window_stats = [0.0] * len(self.objective.metrics)
         count = len(self.train_set)
         while self.stop_reason is None:
             if self.finished():
@@ -201,20 +220,23 @@ class Trainer:
             for index in range(self.state.step_in_epoch, limit):
                 lr = self._set_lr()
                 step_loss, stopping = self._agree(self.train_step(steps[index]), stop.requested is not None)
-                tokens = labelled_tokens(steps[index], self.train_set)
+                tokens = self.objective.weight(steps[index], self.train_set)
                 self.state.step += 1
                 self.state.step_in_epoch = index + 1
                 self.state.tokens += sum(len(self.train_set[i].input_ids) for i in steps[index])
                 window_loss += step_loss
                 window_tokens += tokens
+                window_stats = [w + s for w, s in zip(window_stats, self._step_stats, strict=True)]
+                self.step_metrics = self._metrics(self._step_stats, tokens)
                 self._log_step(step_loss / max(1, tokens), lr)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{step_loss / max(1, tokens):.4f}", epoch=epoch + 1)
                 if (index + 1) % check_every == 0 or index == limit - 1 or stopping:
                     self.state.elapsed = time.monotonic() - started
-                    self._evaluation(window_loss / max(1, window_tokens))
+                    self._evaluation(window_loss / max(1, window_tokens), self._metrics(window_stats, window_tokens))
                     window_loss, window_tokens = 0.0, 0
+                    window_stats = [0.0] * len(self.objective.metrics)
                 if stopping and self.stop_reason is None:
                     self.stop_reason = f"interrupted by {stop.requested or 'a signal to another process'}"
                 if self.stop_reason:
@@ -242,34 +264,42 @@ class Trainer:
         return f"completed {self.plan.epochs:g} epoch(s)"
 
     def _log_step(self, loss: float, lr: float) -> None:
-        self.state.history.append({"step": self.state.step, "train_loss": loss, "lr": lr})
+        self.state.history.append({"step": self.state.step, "train_loss": loss, "lr": lr,
+                                   **{f"train_{k}": v for k, v in self.step_metrics.items()}})
         if self.writer:
             self.writer.add_scalar("train/loss", loss, self.state.step)
+            for name, value in self.step_metrics.items():
+                self.writer.add_scalar(f"train/{name}", value, self.state.step)
             self.writer.add_scalar("train/learning_rate", lr, self.state.step)
             self.writer.add_scalar("train/tokens_seen", self.state.tokens, self.state.step)
 
-    def _evaluation(self, train_loss: float) -> None:
+    def _evaluation(self, train_loss: float, train_metrics: dict[str, float] | None = None) -> None:
         """An evaluation on the validation set, or a check of the running training loss when there is none."""
         val_loss = self.evaluate()
         self.state.evals += 1
         is_best, reason = self.monitor.update(self.state.step, train_loss, val_loss)
-        entry = {"step": self.state.step, "train_loss": train_loss, "epoch": self.state.epoch + 1}
+        entry = {"step": self.state.step, "train_loss": train_loss, "epoch": self.state.epoch + 1,
+                 **{f"window_{k}": v for k, v in (train_metrics or {}).items()}}
         if val_loss is not None:
             entry["val_loss"] = val_loss
+            entry.update({f"val_{k}": v for k, v in self.eval_metrics.items()})
         self.state.history.append(entry)
         if self.writer and val_loss is not None:
             self.writer.add_scalar("eval/loss", val_loss, self.state.step)
+            for name, value in self.eval_metrics.items():
+                self.writer.add_scalar(f"eval/{name}", value, self.state.step)
             if self.monitor.rules.watch_perplexity:
                 self.writer.add_scalar("eval/perplexity", math.exp(min(val_loss, 50)), self.state.step)
         if self.main:
-            self.status(self._status_line(train_loss, val_loss))
+            self.status(self._status_line(train_loss, val_loss, self.eval_metrics if val_loss is not None
+                                          else train_metrics or {}))
         self.save_checkpoint(is_best)
         if self.plan.adaptive:
             self._adapt(is_best)
         if reason:
             self.stop_reason = reason
 
-    def _status_line(self, train_loss: float, val_loss: float | None) -> str:
+    def _status_line(self, train_loss: float, val_loss: float | None, metrics: dict[str, float]) -> str:
         elapsed = int(self.state.elapsed)
         parts = [f"Evaluation #{self.state.evals}", f"Step {self.state.step}",
                  f"Time: {elapsed // 3600:02d}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}",
@@ -278,6 +308,8 @@ class Trainer:
             parts.append(f"Val Loss: {val_loss:.4f}")
         if self.monitor.rules.watch_perplexity:
             parts.append(f"Perplexity: {math.exp(min(train_loss if val_loss is None else val_loss, 50)):.1f}")
+        if "reward_accuracy" in metrics:
+            parts += [f"Reward Acc: {metrics['reward_accuracy']:.0%}", f"Margin: {metrics['reward_margin']:.3f}"]
         parts += [f"Best {'Val' if val_loss is not None else 'Train'}: {self.monitor.best_val:.4f}",
                   f"Patience: {self.monitor.bad_evals}/{self.monitor.rules.patience}"]
         return " | ".join(parts)
@@ -287,7 +319,7 @@ class Trainer:
         recent = [h.get("monitored", h["val_loss"]) for h in self.monitor.history[-3:]]
         if not improved and self.monitor.bad_evals >= 1 and self.state.lr_scale > ADAPTIVE_MIN_LR_FRACTION:
             self.state.lr_scale *= ADAPTIVE_LR_FACTOR
-            watched = "validation" if self.val_rows else "training"
+            watched = "validation" if self.val_batches else "training"
             self._change(f"{watched} loss plateaued ({recent[-1]:.4f} vs best {self.monitor.best_val:.4f}): "
                          f"learning rate x{ADAPTIVE_LR_FACTOR} -> {self.plan.learning_rate * self.state.lr_scale:.2e}")
             if self.state.evals_per_epoch < 8:
@@ -295,7 +327,7 @@ class Trainer:
                 self._change(f"evaluating more often: {self.state.evals_per_epoch} per epoch")
         elif len(recent) == 3 and recent[0] > recent[1] > recent[2] and self.state.evals_per_epoch > 1:
             self.state.evals_per_epoch //= 2
-            watched = "validation" if self.val_rows else "training"
+            watched = "validation" if self.val_batches else "training"
             self._change(f"{watched} loss falling steadily: evaluating less often, "
                          f"{self.state.evals_per_epoch} per epoch")
 

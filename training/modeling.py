@@ -72,9 +72,13 @@ def _quantization_config(method: str, use_8bit: bool, placement: Placement, hand
 def load_base_model(model_path: Path, placement: Placement, handler: ModelHandler, method: str, use_8bit: bool,
                     trust_remote_code: bool = False, device=None):
     """The frozen base model on `device` (this process's, default the placement's), quantized for QLoRA / 8-bit."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import json
 
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    model_class = AutoModelForImageTextToText if handler.is_multimodal(config) else AutoModelForCausalLM
     quantization = _quantization_config(method, use_8bit, placement, handler)
     # Full-precision weights on CPU; half precision master weights on GPU (LoRA params are upcast below).
     dtype = torch.float32 if placement.device != "cuda" else getattr(torch, placement.precision)
@@ -82,7 +86,7 @@ def load_base_model(model_path: Path, placement: Placement, handler: ModelHandle
     if quantization is not None:
         index = getattr(device, "index", None) or 0
         kwargs.update(quantization_config=quantization, device_map={"": index})
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+    model = model_class.from_pretrained(str(model_path), **kwargs)
     if quantization is None:
         model.to(device if device is not None else placement.device)
     model.config.use_cache = False
@@ -97,16 +101,20 @@ def resolve_targets(model, handler: ModelHandler, requested: str | None, paramet
         targets = handler.default_targets(parameters)
     if targets == "all-linear":
         return discover_linear_targets(model)
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in present]
+    names = [name for name, _ in model.named_modules()]
+    present = {name.rsplit(".", 1)[-1] for name in names}
+    # a target is a leaf name (q_proj) or a path suffix (multi_modal_projector.linear_1), as PEFT matches them
+    missing = [t for t in targets if t not in present and not any(name.endswith("." + t) for name in names)]
     if missing:
         raise ModelLoadError(f"Target module(s) {', '.join(missing)} do not exist in this model; "
                              f"linear layers are: {', '.join(discover_linear_targets(model))}.")
     return targets
 
 
-def wrap_with_lora(model, targets, rank: int, alpha: int, dropout: float, quantized: bool, gradient_checkpointing: bool):
-    """A PEFT model whose only trainable parameters are the LoRA matrices (kept in float32)."""
+def wrap_with_lora(model, targets, rank: int, alpha: int, dropout: float, quantized: bool, gradient_checkpointing: bool,
+                   exclude: str | None = None):
+    """A PEFT model whose only trainable parameters are the LoRA matrices (kept in float32); `exclude`: a pattern
+    of module paths left alone (a multimodal model's vision tower)."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -117,7 +125,7 @@ def wrap_with_lora(model, targets, rank: int, alpha: int, dropout: float, quanti
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                        task_type="CAUSAL_LM")
+                        task_type="CAUSAL_LM", exclude_modules=exclude)
     model = get_peft_model(model, config)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:

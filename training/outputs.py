@@ -85,8 +85,9 @@ def replace_dir_atomically(staging: Path, target: Path) -> Path | None:
     return previous if previous.exists() else None
 
 
-def publish_adapter(source: Path, output: Path, info: dict) -> Path | None:
-    """Copy an adapter directory to `output` with adapter_info.json, atomically; returns the kept previous one."""
+def publish_adapter(source: Path, output: Path, info: dict, texts: dict[str, str] | None = None) -> Path | None:
+    """Copy an adapter directory to `output` with adapter_info.json (and `texts`, file name -> content, such as
+    run.yaml), atomically; returns the kept previous one."""
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
@@ -94,6 +95,8 @@ def publish_adapter(source: Path, output: Path, info: dict) -> Path | None:
             if item.is_file() and item.name not in (STATE_FILE, "optimizer.pt", "scheduler.pt"):
                 shutil.copy2(item, staging / item.name)
         write_json(staging / "adapter_info.json", info)
+        for name, text in (texts or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         return replace_dir_atomically(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,19 +19,21 @@ class PackedRow:
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int]
+    images: object = None  # training.vision.ImageInputs: a multimodal model's row holds one example, never packed
 
     @property
     def length(self) -> int:
         return len(self.input_ids)
 
 
-def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
-    """First-fit-decreasing packing of `examples` into rows of at most `row_length` tokens (deterministic)."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+def pack_members(lengths: list[int], row_length: int) -> list[list[int]]:
+    """First-fit-decreasing packing of sequences of these lengths into rows of at most `row_length` tokens:
+    the indices in each row (deterministic)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     members: list[list[int]] = []
     space: list[int] = []
     for index in order:
-        size = len(examples[index].input_ids)
+        size = lengths[index]
         row = next((r for r, free in enumerate(space) if size <= free), None)
         if row is None:
             members.append([index])
@@ -39,6 +41,16 @@ def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
         else:
             members[row].append(index)
             space[row] -= size
+    return members
+
+
+def pack_rows(examples: list[Tokenized], row_length: int) -> list[PackedRow]:
+    """First-fit-decreasing packing of `examples` into rows of at most `row_length` tokens (deterministic).
+    A multimodal model's examples (`images` set, even empty) are never packed: each is a row of its own (see
+    training/vision.py)."""
+    if any(e.images is not None for e in examples):
+        return [_concatenate([e]) for e in sorted(examples, key=lambda e: -len(e.input_ids))]
+    members = pack_members([len(e.input_ids) for e in examples], row_length)
     return [_concatenate([examples[i] for i in row]) for row in members]
 
 
@@ -49,13 +61,17 @@ def _concatenate(examples: list[Tokenized]) -> PackedRow:
         # The first token of each example has no prediction from the previous one.
         labels += [IGNORE_INDEX] + example.labels[1:]
         positions += list(range(len(example.input_ids)))
-    return PackedRow(ids, labels, positions)
+    return PackedRow(ids, labels, positions, examples[0].images if len(examples) == 1 else None)
 
 
 def collate(rows: list[PackedRow], pad_id: int) -> dict:
     """Tensors for a batch of rows, right-padded to the longest row (padding is masked out)."""
     import torch
 
+    if any(row.images is not None for row in rows):
+        from .vision import collate_image_rows
+
+        return collate_image_rows(rows, pad_id)
     width = max(row.length for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .sizing import auto_batch_rows, free_memory
 
@@ -21,15 +21,36 @@ AUTO_MAX_EXAMPLES = {"cuda": 16, "cpu": 8}
 
 @dataclass
 class Split:
-    """Training and validation examples (validation may be empty: training-loss checks then)."""
+    """Training and validation examples (validation may be empty: training-loss checks then), and their
+    positions in the list that was split."""
 
     train: list
     val: list
     note: str
+    train_index: list[int] = field(default_factory=list)
+    val_index: list[int] = field(default_factory=list)
 
 
-def split_examples(tokenized: list, fraction: float, seed: int, evals_per_epoch: int) -> Split:
-    """A seeded split, its validation part capped by tokens so evaluations stay cheap (the rest trains)."""
+def _candidates(order: list[int], groups: list, fraction: float) -> list[int]:
+    """Held-out candidates in the order they are taken: one of every group first (so each source is validated
+    if any is), then the groups interleaved in proportion to their share. One group: `order`'s first share."""
+    members: dict = {}
+    for index in order:
+        members.setdefault(groups[index], []).append(index)
+    wanted = {g: min(len(m) - 1, max(1, round(len(m) * fraction))) for g, m in members.items()}
+    first = [m[0] for g, m in members.items() if wanted[g] >= 1]
+    rest = sorted(((k + 0.5) / wanted[g], position, m[k]) for position, (g, m) in enumerate(members.items())
+                  for k in range(1, wanted[g]))
+    return first + [index for _, _, index in rest]
+
+
+def split_examples(tokenized: list, fraction: float, seed: int, evals_per_epoch: int,
+                   groups: list | None = None) -> Split:
+    """A seeded split, its validation part capped by tokens so evaluations stay cheap (the rest trains).
+
+    `groups` (one key per example, e.g. its --data entry) draws the validation examples per group, so that
+    every group is validated; without it the whole list is one group.
+    """
     order = list(range(len(tokenized)))
     random.Random(seed).shuffle(order)
     wanted = round(len(order) * fraction)
@@ -37,22 +58,25 @@ def split_examples(tokenized: list, fraction: float, seed: int, evals_per_epoch:
         why = "--validation-split 0" if fraction == 0 else (
             f"{len(order)} examples leave {wanted} for validation (fewer than {MIN_VALIDATION_EXAMPLES})")
         return Split(tokenized, [], f"{why}: no validation set; auto-stop watches the running training loss "
-                                    "(perfect loss, plateaus) and ./lora keeps the adapter with the lowest one")
+                                    "(perfect loss, plateaus) and ./lora keeps the adapter with the lowest one",
+                     list(range(len(tokenized))), [])
+    candidates = _candidates(order, groups or [0] * len(tokenized), fraction)
+    validated_groups = len({groups[i] for i in candidates}) if groups else 1
     total_tokens = sum(len(t.input_ids) for t in tokenized)
     budget = min(MAX_VALIDATION_TOKENS, EVAL_SHARE * 3 * total_tokens / max(1, evals_per_epoch))
     chosen, used = [], 0
-    for index in order[:wanted]:
+    for index in candidates:
         size = len(tokenized[index].input_ids)
-        if len(chosen) >= MIN_VALIDATION_EXAMPLES and used + size > budget:
+        if len(chosen) >= max(MIN_VALIDATION_EXAMPLES, validated_groups) and used + size > budget:
             break
         chosen.append(index)
         used += size
     held = set(chosen)
-    train = [tokenized[i] for i in order if i not in held]
-    val = [tokenized[i] for i in chosen]
-    capped = f" (capped from {wanted} by tokens: evaluations stay near {EVAL_SHARE:.0%} of an epoch)" \
-        if len(chosen) < wanted else ""
-    return Split(train, val, f"{len(train)} training and {len(val)} validation examples{capped}")
+    train_index = [i for i in order if i not in held]
+    capped = f" (capped from {len(candidates)} by tokens: evaluations stay near {EVAL_SHARE:.0%} of an epoch)" \
+        if len(chosen) < len(candidates) else ""
+    return Split([tokenized[i] for i in train_index], [tokenized[i] for i in chosen],
+                 f"{len(train_index)} training and {len(chosen)} validation examples{capped}", train_index, chosen)
 
 
 def choose_max_length(requested: int | None, handler_limit: int, model_config: dict) -> int:

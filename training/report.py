@@ -6,6 +6,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from .eval_report import format_run_evaluation
+
 SAMPLE_TOKENS = 48
 
 
@@ -53,16 +55,20 @@ def sample_answers(model, tokenizer, adapter_dir: Path, examples, held_out: bool
 def final_report(info: dict, samples: dict | None, model_dir: Path | None = None) -> str:
     """A short human-readable summary, ending with what to run next."""
     metrics = info["metrics"]
+    preference = info.get("preference")
     lines = ["", "=" * 60, "Training report", "=" * 60, f"Stop reason:      {info['stop_reason']}",
              f"Adapter kept:     {info['adapter']}"]
     if metrics["baseline_val_loss"] is not None and metrics["best_val_loss"] is not None:
         lines.append(f"Validation loss:  {metrics['baseline_val_loss']:.4f} before -> {metrics['best_val_loss']:.4f}"
-                     " best")
-        lines.append(f"Perplexity:       {metrics['baseline_perplexity']:.2f} before -> "
-                     f"{metrics['best_perplexity']:.2f} best")
+                     " best" + (" (DPO loss)" if preference else ""))
+        if not preference:
+            lines.append(f"Perplexity:       {metrics['baseline_perplexity']:.2f} before -> "
+                         f"{metrics['best_perplexity']:.2f} best")
     elif metrics.get("first_train_loss") is not None and metrics.get("best_train_loss") is not None:
         lines.append(f"Training loss:    {metrics['first_train_loss']:.4f} first step -> "
                      f"{metrics['best_train_loss']:.4f} best (no validation set)")
+    if preference:
+        lines += _preference_lines(preference)
     processes = info.get("distributed", {}).get("processes", 1)
     lines.append(f"Steps:            {metrics['steps']} optimizer steps ({metrics['evaluations']} evaluations, "
                  f"{info['timings']['seconds']:.1f}s{f', {processes} processes' if processes > 1 else ''})")
@@ -72,6 +78,8 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
         label = "held-out prompt" if samples["held_out"] else "training prompt"
         lines += [f"Sample ({label}): {samples['prompt'][:200]}", f"  base model:  {samples['base'][:300]!r}",
                   f"  fine-tuned:  {samples['tuned'][:300]!r}"]
+    if info.get("evaluation"):
+        lines += format_run_evaluation(info["evaluation"], model_dir)
     if model_dir is not None:
         here = shlex.quote(str(model_dir))
         lines += ["Serve it:   ./start.sh   (./lora is loaded)",
@@ -80,3 +88,16 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
                   f"            llm-installer export {here} --format ollama --create NAME  (then: ollama run NAME)"]
     lines.append("=" * 60)
     return "\n".join(lines)
+
+
+def _preference_lines(preference: dict) -> list[str]:
+    """DPO: reward accuracy (pairs whose chosen answer gains more than the rejected one over the reference)
+    and the mean reward margin, at the kept evaluation."""
+    lines = [f"DPO:              beta {preference['beta']:g}, reference {preference['reference']}"]
+    for label, entry in (("kept", preference.get("best")), ("last", preference.get("final"))):
+        if entry is None or (label == "last" and entry == preference.get("best")):
+            continue
+        lines.append(f"{f'Rewards ({label}):':<18}accuracy {entry['reward_accuracy']:.0%}, margin {entry['reward_margin']:.3f} "
+                     f"(chosen {entry['reward_chosen']:+.3f}, rejected {entry['reward_rejected']:+.3f}) on "
+                     f"{preference['measured_on']}, step {entry['step']}")
+    return lines

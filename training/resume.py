@@ -32,8 +32,9 @@ class LoraShape:
 
 
 def data_fingerprint(sources) -> str:
-    """A short hash of the data files' contents (name and size for Hub datasets)."""
-    parts = sorted(s.sha256 or f"{s.origin}:{len(s.records)}" for s in sources)
+    """A short hash of the data files' contents (name and size for Hub datasets) and their weights."""
+    parts = sorted((s.sha256 or f"{s.origin}:{len(s.records)}") + (f"@{s.weight!r}" if s.weight != 1 else "")
+                   for s in sources)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

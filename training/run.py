@@ -14,20 +14,25 @@ from pathlib import Path
 from handlers import handler_for_config
 from handlers.base import is_small_model
 
-from . import tensorboard_server
+from . import tensorboard_server, vision
 from .autostop import Monitor, rules_for
 from .config import TrainConfig
 from .data_sources import DataError, load_sources
+from .evaluate import evaluate_run
 from .formats import examples_from_source, refuse_images, task_type
 from .guards import RunLock, check_disk, disk_full_error, is_disk_full
 from .launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from .loop import StopSignal, Trainer
+from .mixing import is_mix, share_lines, split_sources
 from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import plot_history, publish_adapter
-from .planning import choose_max_length, plan_batches, split_examples
+from .outputs import plot_history, publish_adapter, write_json
+from .planning import choose_max_length, plan_batches
+from .preference import DPO_LR_FACTOR, PreferenceObjective, preference_summary, prepare_reference, resolve_method, tokenize_pairs
 from .report import final_report, sample_answers
 from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
+from .runfile import RUN_FILE, run_file_text, saved_config
 from .schedule import Plan
+from .start_adapter import load_into, start_adapter_for
 from .summary import adapter_info
 from .tokenize import ensure_chat_template, tokenize_all
 
@@ -75,17 +80,26 @@ def run(cfg: TrainConfig) -> int:
 
 def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model_config: dict):
     sources, examples = load_examples(cfg)
-    if not handler.multimodal:
+    multimodal = handler.is_multimodal(model_config)
+    if not multimodal:
         refuse_images(examples, f"{info.get('source', model_path.name)} ({handler.name})")
-    tokenizer = load_tokenizer(model_path)
-    fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
-    tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
+    dpo = resolve_method(cfg, examples, multimodal)
+    if multimodal:
+        tokenizer, tokenized, fallback_used = vision.prepare(model_path, examples, max_length, cfg.train_on_prompt,
+                                                             info.get("trust_remote_code", False))
+    else:
+        tokenizer = load_tokenizer(model_path)
+        fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
+        if dpo:  # preference pairs
+            tokenized = tokenize_pairs(tokenizer, examples, max_length)
+        else:
+            tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
     truncated = sum(t.truncated for t in tokenized)
     formats = sorted({e.format for e in examples})
     task = task_type(examples)
     log.info("Data: %d examples from %d source(s), formats %s, task type %s.", len(examples), len(sources),
-             ", ".join(formats), "text generation" if task == "text" else "QA/instruction")
+             ", ".join(formats), {"text": "text generation", "preference": "preference pairs"}.get(task, "QA/instruction"))
     if fallback_used:
         log.info("The model has no chat template: using the %s handler's fallback (saved with the adapter).",
                  handler.name)
@@ -104,14 +118,17 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         cfg, handler, info, model_path, model_config)
     circular = cfg.circular
     evals_per_epoch = 1 if circular else cfg.preset.evals_per_epoch
-    split = split_examples(tokenized, cfg.validation_split, cfg.seed, evals_per_epoch)
+    split, shares = split_sources(tokenized, examples, sources, cfg.validation_split, cfg.seed, evals_per_epoch)
     log.info("Split: %s.", split.note)
+    for line in share_lines(shares) if is_mix(shares) else []:
+        log.info("%s", line)
     if len(examples) < SMALL_DATASET and not circular and cfg.mode != "non-stop":
         log.info("Hint: %d examples is a small dataset; --circular trains it for many more passes and stops on "
                  "perfect loss.", len(examples))
 
     checkpoints = workdir / "checkpoints"
     checkpoint = find_checkpoint(cfg.resume, cfg.resume_from, checkpoints)
+    start = start_adapter_for(cfg, checkpoint, workdir, model_path, info)
     placement = choose_placement(cfg.device if cfg.device != "auto" else info.get("defaults", {}).get("device",
                                                                                                        "auto"), handler)
     processes = resolve_processes(cfg.num_processes, placement.device)
@@ -132,21 +149,28 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     batches = plan_batches(cfg.batch_size, cfg.gradient_accumulation_steps, len(split.train), lengths, row_length,
                            model_config, device_name(device), placement.precision, checkpointing, processes, circular)
     parameters = info.get("parameters") or sum(p.numel() for p in model.parameters())
-    rank, alpha, targets = _lora_shape(cfg, checkpoint, model, handler, parameters)
+    rank, alpha, targets = (start.rank, start.alpha, start.targets) if start else _lora_shape(
+        cfg, checkpoint, model, handler, parameters)
     if is_small_model(parameters) and not (cfg.target_modules and cfg.learning_rate):
         log.info("Small model (%s parameters, under 50M): LoRA on every linear layer and a %.0e base "
                  "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
+    targets, exclude = vision.lora_targets(model, handler, targets, cfg.train_vision_tower,
+                                           chosen_by_user=bool(cfg.target_modules or checkpoint))
     model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, quantized,
-                           checkpointing or (quantized and handler.gradient_checkpointing))
+                           checkpointing or (quantized and handler.gradient_checkpointing), exclude)
+    if start:
+        load_into(model, start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    origin = " (the checkpoint's)" if checkpoint else "" if cfg.lora_r else " (auto from model size)"
+    origin = " (the checkpoint's)" if checkpoint else " (--from-adapter)" if start else "" if cfg.lora_r else \
+        " (auto from model size)"
     log.info("LoRA: rank %d%s, alpha %d, targets %s; %s trainable parameters (%.2f%% of %s).", rank, origin, alpha,
              ",".join(targets), f"{trainable:,}", 100 * trainable / max(1, parameters), f"{parameters:,}")
     if is_main_process():
         check_disk(workdir, trainable, cfg.save_total_limit)
 
     epochs = cfg.max_circular_epochs if circular else (cfg.epochs or cfg.preset.epochs)
-    lr = cfg.learning_rate or handler.learning_rate(parameters) * cfg.preset.lr_multiplier
+    lr = cfg.learning_rate or handler.learning_rate(parameters) * cfg.preset.lr_multiplier * (
+        DPO_LR_FACTOR if task == "preference" else 1.0)
     plan = Plan(epochs=epochs, examples_per_step=batches.examples_per_step, accumulation=batches.accumulation,
                 learning_rate=lr, evals_per_epoch=evals_per_epoch, circular=circular, adaptive=cfg.mode == "adaptive",
                 constant_lr=cfg.mode in ("adaptive", "non-stop"), optimizer=cfg.optimizer,
@@ -163,12 +187,15 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     accelerator = make_accelerator(Topology(processes, cfg.strategy, cfg.zero_stage), placement.device,
                                    placement.precision, batches.accumulation, batches.micro_batch)
     trainer = Trainer(model, plan, split.train, split.val, monitor, tokenizer.pad_token_id, cfg.seed, accelerator,
-                      status=lambda line: log.info(line), use_liger=placement.device == "cuda")
+                      status=lambda line: log.info(line), use_liger=placement.device == "cuda",
+                      objective=PreferenceObjective(cfg.dpo_beta) if task == "preference" else None)
     try:
         resumed = start_or_resume(trainer, checkpoint, checkpoints, cfg.data)
     except NothingToResume as done:
         log.info("%s", done)
         return 0
+    if task == "preference":
+        prepare_reference(trainer, split, start, checkpoints, resumed)
     main = is_main_process()
     writer = trainer.writer = _tensorboard_writer(workdir, cfg) if main else None
     board = tensorboard_server.start(workdir, cfg.tensorboard_port) if main and not cfg.no_tensorboard else None
@@ -187,13 +214,24 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         summary = adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
                                rules, reason, monitor, trainer.state, baseline, which, started, truncated,
                                resumed, bool(split.val))
-        previous = publish_adapter(chosen, output, summary)
+        if task == "preference":
+            summary["preference"] = preference_summary(trainer, monitor, bool(split.val))
+        summary["config"] = saved_config(cfg, output, workdir)  # also lora/run.yaml: --config repeats the run
+        summary["mix"] = [share.as_dict() for share in shares] if is_mix(shares) else None
+        previous = publish_adapter(chosen, output, summary, {RUN_FILE: run_file_text(summary["config"])})
         _copy_logs(workdir, output)
         plot_history(trainer.state.history, workdir / "training_history.png")
         log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
         samples = None
         if not cfg.skip_test and not interrupted:
-            samples = sample_answers(model, tokenizer, chosen, examples, bool(split.val), device_name(device))
+            multimodal = handler.is_multimodal(model_config)
+            samples = vision.sample_answers(model, model_path, chosen, examples, bool(split.val), device_name(
+                device)) if multimodal else sample_answers(
+                model, tokenizer, chosen, examples, bool(split.val), device_name(device))
+            summary["evaluation"] = {"skipped": "image examples: the base/tuned comparison reads text data only"} \
+                if multimodal else evaluate_run(model, tokenizer, chosen, examples, tokenized, split.val,
+                                                device_name(device))
+            write_json(output / "adapter_info.json", summary)
         print(final_report(summary, samples, workdir), flush=True)
         return 130 if interrupted and cfg.mode != "non-stop" else 0
     except (OSError, RuntimeError) as exc:
@@ -215,10 +253,13 @@ def _lora_shape(cfg: TrainConfig, checkpoint, model, handler, parameters: int):
 
 def _log_plan(cfg: TrainConfig, plan: Plan, batches, split, placement, checkpointing: bool) -> None:
     lengths = [len(t.input_ids) for t in split.train]
-    log.info("Batch: %d examples per optimizer step (%d per micro-batch x %d accumulation x %d process(es)%s), packed "
-             "into rows of up to %d tokens without padding (median example %d tokens); %s.",
+    unpacked = split.train[0].images is not None  # a multimodal model's rows (training/vision.py)
+    rows = "one example per row, padded (not packed: multimodal model), rows" if unpacked else "packed into rows"
+    log.info("Batch: %d examples per optimizer step (%d per micro-batch x %d accumulation x %d process(es)%s), %s "
+             "of up to %d tokens%s (median example %d tokens); %s.",
              plan.examples_per_step, batches.micro_batch, plan.accumulation, plan.processes,
-             f", {plan.strategy}" if plan.processes > 1 else "", plan.row_length, statistics.median(lengths),
+             f", {plan.strategy}" if plan.processes > 1 else "", rows, plan.row_length,
+             "" if unpacked else " without padding", statistics.median(lengths),
              batches.reason)
     if plan.circular:
         log.info("Circular: the step starts at %d example(s) and grows every 5 cycles%s.", plan.examples_per_step,

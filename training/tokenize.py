@@ -18,6 +18,7 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    images: object = None  # training.vision.ImageInputs (multimodal models: their examples are never packed)
 
     @property
     def trainable(self) -> int:
