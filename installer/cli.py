@@ -321,7 +321,9 @@ def doctor(models_dir: Path | None, as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path),
               help="Where to write (default: TARGET/exports/...). An existing directory takes a GGUF file inside it.")
 @click.option("--outtype", type=click.Choice(OUTTYPES),
-              help="GGUF tensor type (default f16); for merged the safetensors dtype (default: the model's own).")
+              help="GGUF tensor type (default f16; q4_k_m and the other 4- to 6-bit types are made by llama.cpp's "
+                   "quantizer, from ./llm-installer setup --engine llama.cpp); for merged the safetensors dtype "
+                   "(default: the model's own).")
 @click.option("--adapter", type=click.Path(file_okay=False, path_type=Path),
               help="Adapter directory to export (default: TARGET/lora).")
 @click.option("--no-lora", is_flag=True, help="gguf/ollama: export the base model even when ./lora exists.")

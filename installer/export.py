@@ -17,16 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .gguf_quantize import CONVERTER_TYPES, GGUF_TYPES
 from .model_dir import ModelDir, write_json_atomic
 
 FORMATS = ("merged", "gguf", "lora-gguf", "ollama")
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+OUTTYPES = GGUF_TYPES  # the converter's own types, and the 4- to 6-bit ones llama.cpp's quantizer makes from f16
 GGUF_FORMATS = ("gguf", "lora-gguf", "ollama")
 DEFAULT_GGUF_OUTTYPE = "f16"
 EXPORTS_SUBDIR = "exports"
 EXPORT_INFO = "export_info.json"
-# Bytes per parameter of each output type (q8_0: 32 int8 weights + one f16 scale per block).
-BYTES_PER_PARAMETER = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+# Bytes per parameter of each output type (q8_0: 32 int8 weights + one f16 scale per block; the k-quants mix
+# types, so theirs are llama.cpp's published bits per weight).
+BYTES_PER_PARAMETER = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                       "q5_0": 22 / 32, "q4_k_m": 4.89 / 8, "q5_k_m": 5.70 / 8, "q6_k": 6.56 / 8}
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 SPACE_MARGIN = 1.05
 SPACE_SLACK_BYTES = 64 << 20
@@ -94,7 +97,8 @@ def export_model(model_dir: Path, fmt: str, out: Path | None = None, outtype: st
                  create: str | None = None, echo: Callable[[str], None] = print) -> ExportResult:
     """Export the installed model in `model_dir` (with `adapter`, default its ./lora) as `fmt`.
 
-    `outtype`: f32, f16, bf16 or q8_0 for the GGUF formats (default f16); f32, f16 or bf16 for merged
+    `outtype`: f32, f16, bf16, q8_0 or a llama.cpp 4- to 6-bit type (q4_k_m, ...; made by llama-cpp-python's
+    quantizer) for the GGUF formats (default f16), f32/f16/bf16/q8_0 for lora-gguf, f32/f16/bf16 for merged
     (default: the base model's own dtype). `no_lora`: export the base model even when ./lora exists (gguf,
     ollama). `llama_cpp`: a llama.cpp checkout to convert with instead of the pinned release. `create`:
     run `ollama create NAME` on the result (ollama format).
@@ -159,6 +163,13 @@ def _outtype(fmt: str, outtype: str | None) -> str:
     if fmt == "merged" and outtype not in TORCH_DTYPES:
         raise ExportError(f"--format merged writes safetensors in f32, f16 or bf16, not {outtype}; use --format gguf "
                           f"--outtype {outtype} for a quantized file.")
+    if fmt == "lora-gguf" and outtype not in CONVERTER_TYPES:
+        raise ExportError(f"--format lora-gguf writes the adapter in {', '.join(CONVERTER_TYPES)}, not {outtype}; "
+                          f"quantize the model instead with --format gguf --outtype {outtype}.")
+    if outtype not in CONVERTER_TYPES:
+        from .gguf_quantize import require_quantizer
+
+        require_quantizer(outtype)  # before any slow work
     return outtype
 
 
@@ -285,7 +296,8 @@ def _needed_bytes(job: Job) -> int:
     from .export_gguf import intermediate_dtype, needs_merged_copy
 
     merged = parameters * (4 if intermediate_dtype(job) == "float32" else 2) if needs_merged_copy(job) else 0
-    return int(merged + parameters * BYTES_PER_PARAMETER[job.outtype])
+    sixteen_bit = parameters * 2 if job.outtype not in CONVERTER_TYPES else 0  # the quantizer's input
+    return int(merged + sixteen_bit + parameters * BYTES_PER_PARAMETER[job.outtype])
 
 
 def _check_space(directory: Path, needed: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import llamacpp
 from .export import Job, native_dtype
+from .gguf_quantize import CONVERTER_TYPES, quantize_gguf
 
 
 def _has_chat_template(weights: Path) -> bool:
@@ -55,10 +56,23 @@ def convert_model(job: Job, dest: Path, staging: Path) -> None:
         job.echo(f"Writing a merged copy ({dtype}) for the converter ...")
         save_merged(job, model, tokenizer, source, dtype)
         del model
-    job.echo(f"Converting to GGUF ({job.outtype}) with {llamacpp.HF_CONVERTER} ({converter.origin}) ...")
+    # The converter writes full precision or q8_0 itself; the 4- to 6-bit types are quantized from its 16-bit
+    # output by llama.cpp's own quantizer, as llama-quantize does.
+    converted_type = job.outtype if job.outtype in CONVERTER_TYPES else _sixteen_bit(job)
+    converted = dest if converted_type == job.outtype else staging / f"full-{converted_type}.gguf"
+    job.echo(f"Converting to GGUF ({converted_type}) with {llamacpp.HF_CONVERTER} ({converter.origin}) ...")
     name = job.name if job.adapter is None else f"{job.name}-{job.tag}"  # else the merged copy's "merged"
-    llamacpp.run(converter, llamacpp.HF_CONVERTER, [str(source), "--outfile", str(dest), "--outtype", job.outtype,
-                                                    "--model-name", name], _log_path(job, llamacpp.HF_CONVERTER))
+    llamacpp.run(converter, llamacpp.HF_CONVERTER, [str(source), "--outfile", str(converted), "--outtype",
+                                                    converted_type, "--model-name", name],
+                 _log_path(job, llamacpp.HF_CONVERTER))
+    if converted != dest:
+        job.echo(f"Quantizing to {job.outtype} with llama.cpp's quantizer ...")
+        quantize_gguf(converted, dest, job.outtype)
+        converted.unlink()
+
+
+def _sixteen_bit(job: Job) -> str:
+    return "bf16" if native_dtype(job.model) == "bfloat16" else "f16"
 
 
 def write_gguf(job: Job, dest: Path, staging: Path) -> None:

@@ -42,6 +42,16 @@ class QuantizeError(UserError, RuntimeError):
     """llama.cpp could not quantize the GGUF; the message says which file and type."""
 
 
+def require_quantizer(quant: str) -> None:
+    """QuantizeError naming the setup command when llama-cpp-python (llama.cpp's quantizer) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise QuantizeError(f"A {quant} GGUF is made by llama.cpp's quantizer, which comes with llama-cpp-python: "
+                            "run `./llm-installer setup --engine llama.cpp` once (it builds llama.cpp: minutes), "
+                            f"or choose one of {', '.join(CONVERTER_TYPES)}.")
+
+
 def quantize_gguf(source: Path, target: Path, quant: str, threads: int | None = None) -> Path:
     """Write `source` (an f32/f16/bf16 GGUF) quantized to `quant` as `target`, atomically; returns target."""
     import llama_cpp

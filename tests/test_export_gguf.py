@@ -213,6 +213,35 @@ def test_unknown_pre_tokenizer_is_one_sentence_and_leaves_nothing(tiny_llama_dir
     assert not list((root / "exports").iterdir())
 
 
+@pytest.mark.e2e
+def test_four_bit_types_need_llama_cpps_quantizer_and_lora_gguf_refuses_them(tiny_smol, cli, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "llama_cpp" else real_find_spec(name, *args))
+    missing = cli("export", str(tiny_smol), "--format", "ollama", "--outtype", "q4_k_m")
+    assert missing.exit_code == 1 and "setup --engine llama.cpp" in missing.output, missing.output
+    assert len(missing.output.strip().splitlines()) == 1 and "Traceback" not in missing.output
+    adapter = cli("export", str(tiny_smol), "--format", "lora-gguf", "--outtype", "q4_0")
+    assert adapter.exit_code == 1 and "lora-gguf writes the adapter in" in adapter.output, adapter.output
+    assert not (tiny_smol / "exports").exists() or not list((tiny_smol / "exports").iterdir())
+
+
+@pytest.mark.real_model
+@pytest.mark.e2e
+def test_q4_gguf_is_made_by_llama_cpps_quantizer(tiny_smol, converter, cli):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed on demand (setup --engine llama.cpp)")
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    result = cli("export", str(tiny_smol), "--format", "gguf", "--outtype", "q4_0", "--json")
+    assert result.exit_code == 0, result.output
+    gguf = Path(json.loads(result.stdout)["path"])
+    assert gguf.name == "tiny-tuned-q4_0.gguf" and [p.name for p in gguf.parent.iterdir()] == [gguf.name]
+    types = {tensor.name: tensor.tensor_type for tensor in GGUFReader(str(gguf)).tensors}
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q4_0  # the adapter's layers, merged and quantized
+    assert types["blk.0.ffn_down.weight"] == GGMLQuantizationType.Q4_0
+    assert not leftovers(tiny_smol)
+
+
 def test_unknown_architecture_is_one_sentence(converter, tmp_path):
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"]}))
