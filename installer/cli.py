@@ -55,6 +55,12 @@ def _find_model(root: Path, name: str) -> ModelDir:
     return model
 
 
+def _model_arg(target: str, models_dir: Path | None) -> ModelDir:
+    """An installed model given as a directory (`.` inside it) or as a NAME in the models directory."""
+    path = Path(target).expanduser()
+    return ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llm-installer")
 def cli() -> None:
@@ -281,8 +287,7 @@ def fix(target: str, fix_cuda: bool, models_dir: Path | None) -> None:
     """
     from . import fix as repair
 
-    path = Path(target).expanduser()
-    model = ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+    model = _model_arg(target, models_dir)
     try:
         repair.fix_model_dir(model, click.echo)
         if fix_cuda:
@@ -346,8 +351,7 @@ def export(target: str, fmt: str, out: Path | None, outtype: str | None, adapter
     """
     from .export import export_model
 
-    path = Path(target).expanduser()
-    model = ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+    model = _model_arg(target, models_dir)
     echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
     try:
         result = export_model(model.root, fmt, out=out, outtype=outtype, adapter=adapter, no_lora=no_lora,
@@ -394,8 +398,7 @@ def evaluate(target: str, models_dir: Path | None, as_json: bool, **options) -> 
     """
     from .evaluation import EvalOptions, evaluate_installed
 
-    path = Path(target).expanduser()
-    model = ModelDir(path.resolve()) if (path / "model_info.json").is_file() else _find_model(_root(models_dir), target)
+    model = _model_arg(target, models_dir)
     echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
     try:
         result = evaluate_installed(model.root, EvalOptions(**options), echo=echo)
