@@ -81,6 +81,18 @@ def tuned_model_dir(builtin_model_dir, tmp_path_factory) -> Path:
     return target
 
 
+@pytest.fixture
+def fresh_accelerate():
+    """accelerate's process-wide state reset around a test that builds its own Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def run_cli(*args: str, input: str | None = None):
     """Invoke the click CLI in-process; returns click's Result."""
     from click.testing import CliRunner

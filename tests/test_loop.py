@@ -124,17 +124,6 @@ def test_disabled_monitor_never_stops():
 
 
 # --- the loop on a tiny model -------------------------------------------------------------------------
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _trainer(tmp_path, plan, examples, val=None, seed=0):
     import torch
     from tiny_models import tiny_config

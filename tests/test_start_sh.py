@@ -146,6 +146,20 @@ def test_terminal_chat(tuned_model_dir):
     assert f"> {ANSWER}\n" in result.stdout
 
 
+def _greedy_chat_page(browser, url: str):
+    """Open the chat page once the adapter is listed, at temperature 0; returns the page's 60 s waiter."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: "adapter" in b.find_element(By.ID, "model").text)
+    temperature = browser.find_element(By.ID, "temperature")
+    temperature.clear()
+    temperature.send_keys("0")
+    return wait
+
+
 def _browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
@@ -166,18 +180,13 @@ def _browser():
 def test_web_page_chats_with_streaming(tuned_model_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     state = load_state(tuned_model_dir)
     with running_server(state) as url:
         browser = _browser()
         try:
-            browser.get(url + "/")
-            wait = WebDriverWait(browser, 60)
-            wait.until(lambda b: "adapter" in b.find_element(By.ID, "model").text)
-            temperature = browser.find_element(By.ID, "temperature")
-            temperature.clear()
-            temperature.send_keys("0")
+            wait = _greedy_chat_page(browser, url)
             box = browser.find_element(By.ID, "input")
             box.send_keys(QUESTION)
             box.send_keys(Keys.ENTER)

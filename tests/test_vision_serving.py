@@ -48,19 +48,13 @@ def test_trained_model_names_the_colour_of_new_images_over_the_api(trained_llava
 def test_web_page_attaches_images(trained_llava, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
     from serving_helpers import load_state, running_server
-    from test_start_sh import _browser
+    from test_start_sh import _browser, _greedy_chat_page
 
     with running_server(load_state(trained_llava)) as url:
         browser = _browser()
         try:
-            browser.get(url + "/")
-            wait = WebDriverWait(browser, 60)
-            wait.until(lambda b: "adapter" in b.find_element(By.ID, "model").text)
-            temperature = browser.find_element(By.ID, "temperature")
-            temperature.clear()
-            temperature.send_keys("0")
+            wait = _greedy_chat_page(browser, url)
             limit = browser.find_element(By.ID, "max-tokens")
             limit.clear()
             limit.send_keys("8")  # the tiny model's context is 256 tokens

@@ -116,11 +116,14 @@ def tokenize_example(tokenizer, example: Example, max_length: int, train_on_prom
     return Tokenized(ids[:max_length], labels[:max_length], truncated)
 
 
-def tokenize_all(tokenizer, examples: list[Example], max_length: int, train_on_prompt: bool = False):
-    """Tokenize every example; pre-flight: each must keep at least one trainable token."""
+def tokenize_all(tokenizer, examples: list[Example], max_length: int, train_on_prompt: bool = False,
+                 tokenize_one=None):
+    """Tokenize every example (with `tokenize_one`, default tokenize_example; a multimodal model passes its
+    processor and the processor's tokenize function); pre-flight: each must keep at least one trainable token."""
+    tokenize_one = tokenize_one or tokenize_example
     results = []
     for example in examples:
-        tokenized = tokenize_example(tokenizer, example, max_length, train_on_prompt)
+        tokenized = tokenize_one(tokenizer, example, max_length, train_on_prompt)
         if tokenized.trainable == 0:
             reason = "was cut off by --max-seq-length" if tokenized.truncated else "is empty"
             raise DataError(f"{example.origin}, record {example.index + 1}: no trainable tokens "

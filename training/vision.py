@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .data_files import DataError
 from .formats import Example
-from .tokenize import IGNORE_INDEX, Tokenized
+from .tokenize import IGNORE_INDEX, Tokenized, tokenize_all
 from .vision_data import image_base, load_image
 
 log = logging.getLogger("train")
@@ -158,18 +158,6 @@ def tokenize_vision_example(processor, example: Example, max_length: int, train_
     return result
 
 
-def tokenize_vision_all(processor, examples: list[Example], max_length: int, train_on_prompt: bool = False):
-    """Every example through the processor; pre-flight: each image readable, each example with a trainable token."""
-    results = []
-    for example in examples:
-        tokenized = tokenize_vision_example(processor, example, max_length, train_on_prompt)
-        if tokenized.trainable == 0:
-            reason = "was cut off by --max-seq-length" if tokenized.truncated else "is empty"
-            raise DataError(f"{example.origin}, record {example.index + 1}: no trainable tokens (its answer {reason}).")
-        results.append(tokenized)
-    return results
-
-
 def image_report(examples: list[Example], tokenized: list[Tokenized]) -> str:
     """The pre-flight line: how many images, their sizes, image tokens and the memory their tensors take."""
     sizes = [size for t in tokenized if t.images for size in t.images.sizes]
@@ -191,7 +179,7 @@ def prepare(model_path: Path, examples: list[Example], max_length: int, train_on
     """(tokenizer, tokenized examples, False) for a multimodal model: the processor's template is the model's
     own, so no fallback template is ever saved with the adapter."""
     processor = load_processor(model_path, trust_remote_code)
-    tokenized = tokenize_vision_all(processor, examples, max_length, train_on_prompt)
+    tokenized = tokenize_all(processor, examples, max_length, train_on_prompt, tokenize_vision_example)
     log.info("%s", image_report(examples, tokenized))
     return processor.tokenizer, tokenized, False
 
