@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, train, and turn user mistakes into one clear line and a non-zero status."""
-    from installer.errors import UserError
+    from core.errors import UserError
     from training.config import ConfigError, parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

@@ -93,10 +93,10 @@ def step_times(steps: int, batch: int) -> dict:
     from real_model import smollm2_model_dir
     from transformers import AutoTokenizer
 
-    from training.data_sources import SourceRecords
-    from training.formats import examples_from_source
+    from training.data.formats import examples_from_source
+    from training.data.sources import SourceRecords
+    from training.data.tokenize import tokenize_all
     from training.preference import PreferenceObjective, compute_reference, tokenize_pairs
-    from training.tokenize import tokenize_all
 
     model_path = smollm2_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

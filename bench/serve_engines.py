@@ -48,7 +48,7 @@ def _engine(model_dir: Path, engine: str, threads: int, quant: str | None = None
 
 def _run(engine, key, prompt: str, tokens: int, ignore_eos: bool = True) -> tuple[float, float, str, int]:
     """(tokens per second, tokens per CPU-second, text, generated tokens) of one greedy generation."""
-    from serving.engine import Generation, GenerationParams
+    from serving.engines.transformers_engine import Generation, GenerationParams
 
     ids = engine.chat_prompt([{"role": "user", "content": prompt}], key)
     generation = Generation(prompt_tokens=len(ids))
@@ -103,7 +103,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from serving.llamacpp import base_quant, default_threads
+    from serving.engines.llamacpp_engine import base_quant, default_threads
 
     threads = args.threads or default_threads()
     with tempfile.TemporaryDirectory() as scratch:

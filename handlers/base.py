@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from handlers.chat_templates import CHATML_TEMPLATE
+
 # Parameter-count thresholds (exclusive upper bounds) for the automatic LoRA rank.
 RANK_BY_SIZE: tuple[tuple[float, int], ...] = (
     (1e9, 8),
@@ -20,25 +22,6 @@ LARGEST_RANK = 256
 SMALL_MODEL_PARAMETERS = 5e7
 DEFAULT_LEARNING_RATE = 2e-4
 SMALL_MODEL_LEARNING_RATE = 3e-3
-
-# A neutral ChatML template for base models that ship none; saved with the adapter.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-# A plain-text template for tokenizers without special chat tokens (GPT-2, GPT-NeoX).
-PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '### User:\\n' + message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'tool' %}{{ '### Tool:\\n' + message['content'] + '\\n\\n' }}"
-    "{% else %}{{ '### Assistant:\\n' + (message['content'] or '') + eos_token + '\\n\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
-)
 
 VALID_PRECISIONS = ("float16", "bfloat16", "float32")
 VALID_QUANTIZATION = ("8bit", "4bit")

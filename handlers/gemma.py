@@ -1,7 +1,7 @@
 """Gemma, Gemma 2 and Gemma 3: bf16 training (their activations overflow float16)."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

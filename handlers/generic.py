@@ -1,8 +1,8 @@
 """Fallback for unknown architectures: LoRA targets are the model's own linear layers,
 discovered when the model is loaded (see `discover_linear_targets`)."""
 
-from .base import ModelHandler
-from .registry import GENERIC_NAME, register
+from handlers.base import ModelHandler
+from handlers.registry import GENERIC_NAME, register
 
 # Output heads and routers are never adapted: they change the vocabulary/routing contract.
 EXCLUDED_LEAF_NAMES = ("lm_head", "embed_out", "output", "score", "classifier", "gate", "router")

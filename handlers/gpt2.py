@@ -1,7 +1,8 @@
 """GPT-2 (Conv1D layers: bitsandbytes cannot quantize them)."""
 
-from .base import PLAIN_CHAT_TEMPLATE, ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.chat_templates import PLAIN_CHAT_TEMPLATE
+from handlers.registry import register
 
 GPT2 = register(
     ModelHandler(

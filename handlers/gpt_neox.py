@@ -1,7 +1,8 @@
 """GPT-NeoX family: Pythia, GPT-NeoX-20B, Dolly v2."""
 
-from .base import PLAIN_CHAT_TEMPLATE, ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.chat_templates import PLAIN_CHAT_TEMPLATE
+from handlers.registry import register
 
 GPT_NEOX = register(
     ModelHandler(

@@ -1,8 +1,8 @@
 """Idefics3 and SmolVLM: a SigLIP vision model, a pixel-shuffle connector with one linear projection, and a
 Llama-style decoder."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 IDEFICS = register(
     ModelHandler(

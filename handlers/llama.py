@@ -1,7 +1,7 @@
 """Llama family: TinyLlama, Llama 2, Llama 3/3.x (text) and Llama 4 (multimodal, bf16)."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 

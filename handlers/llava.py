@@ -1,7 +1,7 @@
 """LLaVA 1.5-style models: a CLIP/SigLIP vision tower, a two-layer MLP projector, a Llama/Mistral/Qwen decoder."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 LLAVA = register(
     ModelHandler(

@@ -1,7 +1,7 @@
 """Mistral and Mixtral (mixture of experts: attention projections only, experts stay frozen)."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 MISTRAL = register(
     ModelHandler(

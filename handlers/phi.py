@@ -1,7 +1,7 @@
 """Microsoft Phi (phi-1/1.5/2) and Phi-3/3.5/4 (fused qkv and gate_up projections)."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 PHI = register(
     ModelHandler(

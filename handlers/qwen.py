@@ -1,7 +1,7 @@
 """Qwen2, Qwen2.5 and Qwen3 (DeepSeek-R1-Distill-Qwen reports model_type qwen2)."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 QWEN = register(
     ModelHandler(

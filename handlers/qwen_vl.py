@@ -1,8 +1,8 @@
 """Qwen2-VL and Qwen2.5-VL: a ViT (`visual.blocks`) whose patch merger (`visual.merger`) is the projector,
 and a Qwen2 decoder with multimodal rotary positions (computed by the model, never packed)."""
 
-from .base import ModelHandler
-from .registry import register
+from handlers.base import ModelHandler
+from handlers.registry import register
 
 QWEN_VL = register(
     ModelHandler(

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import ModelHandler
+from handlers.base import ModelHandler
 
 _BY_MODEL_TYPE: dict[str, ModelHandler] = {}
 _BY_ARCHITECTURE: dict[str, ModelHandler] = {}
 _BY_NAME: dict[str, ModelHandler] = {}
-_NOT_FAMILIES = {"base", "registry"}
+_NOT_FAMILIES = {"base", "registry", "chat_templates"}
 GENERIC_NAME = "generic"
 _loaded = False
 

@@ -1,3 +1,5 @@
 """llm-installer: install a Hugging Face model into its own directory, fine-tune it, serve it."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from core.system import machine_info
+from core.units import human_bytes, human_count
 from handlers import handler_for_config
-
-from .estimate import memory_table, native_dtype, parameter_count
-from .install import needs_remote_code
-from .selection import select_files
-from .sources import read_metadata
-from .system import machine_info
-from .units import human_bytes, human_count
-from .vision_info import vision_line, vision_summary
+from installer.estimate import memory_table, native_dtype, parameter_count
+from installer.install import needs_remote_code
+from installer.vision_info import vision_line, vision_summary
+from sources.base import read_metadata
+from sources.selection import select_files
 
 
 def _targets_text(targets: list[str] | str) -> str:
@@ -57,7 +56,7 @@ def check_report(model: str, revision: str | None = None, trust_remote_code: boo
 
 
 def _gguf_report(info) -> dict:
-    from .gguf_import import DEQUANTIZED_NOTE
+    from llamacpp.gguf_reader import DEQUANTIZED_NOTE
 
     return {"file": str(info.path), "architecture": info.architecture, "quantization": info.quantization,
             "file_bytes": info.file_bytes, "installs_as": info.dtype, "context_length": info.context_length,

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import click
 
+from core.model_dir import ModelDir, installed_models
+from core.settings import DEVICES, DTYPES, QUANTIZATIONS, SettingsError, models_dir, validate_name
+from core.units import human_bytes, human_count
+from export.pipeline import FORMATS, OUTTYPES
+from core import __version__
+from installer.demo import DEFAULT_MODEL as DEMO_MODEL
+from installer.demo import RECIPES as DEMO_RECIPES
 from training.config import FORMATS as DATASET_FORMATS
-
-from . import __version__
-from .demo import DEFAULT_MODEL as DEMO_MODEL
-from .demo import RECIPES as DEMO_RECIPES
-from .export import FORMATS, OUTTYPES
-from .model_dir import ModelDir, installed_models
-from .settings import DEVICES, DTYPES, QUANTIZATIONS, SettingsError, models_dir, validate_name
-from .units import human_bytes, human_count
 
 MODELS_DIR_OPTION = click.option(
     "--models-dir",
@@ -31,7 +30,7 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 def _user_errors():
     """Exceptions that are the user's to fix: shown as one sentence, exit status 1."""
-    from .errors import UserError
+    from core.errors import UserError
 
     return UserError
 
@@ -90,7 +89,7 @@ def check(model: str, revision: str | None, trust_remote_code: bool, as_json: bo
       llm-installer check Qwen/Qwen2.5-0.5B-Instruct --json
       llm-installer check ./SmolLM2-135M-Instruct.Q4_1.gguf
     """
-    from .check import check_report, format_report
+    from installer.check import check_report, format_report
 
     try:
         report = check_report(model, revision, trust_remote_code)
@@ -129,8 +128,8 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
       llm-installer install ollama:llama3.2:1b
       llm-installer install bartowski/Qwen2.5-0.5B-Instruct-GGUF --gguf-file Qwen2.5-0.5B-Instruct-Q8_0.gguf
     """
-    from .install import InstallOptions
-    from .install import install as run_install
+    from installer.install import InstallOptions
+    from installer.install import install as run_install
 
     root = _root(models_dir)
     try:
@@ -149,7 +148,7 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
         f"{human_bytes(result.model_dir.disk_bytes())} on disk)."
     )
     if info.get("vision"):
-        from .vision_info import vision_line
+        from installer.vision_info import vision_line
 
         click.echo(f"The model is {vision_line(info['vision'])}.")
     click.echo(f"Next: cd {shlex.quote(str(result.model_dir.root))} && ./train.sh --data 'data/*.json' && ./start.sh")
@@ -168,7 +167,7 @@ def demo(model: str, models_dir: Path | None) -> None:
       llm-installer demo
       llm-installer demo --model builtin:tiny-chat
     """
-    from .demo import run_demo
+    from installer.demo import run_demo
 
     try:
         run_demo(model, _root(models_dir), echo=click.echo)
@@ -250,8 +249,8 @@ def update(name: str | None, all_models: bool, models_dir: Path | None) -> None:
     Example:
       llm-installer update --all
     """
-    from .model_dir import DamagedInstallError, check_info
-    from .render import render_wrappers
+    from core.model_dir import DamagedInstallError, check_info
+    from installer.render import render_wrappers
 
     root = _root(models_dir)
     if bool(name) == all_models:
@@ -285,7 +284,7 @@ def fix(target: str, fix_cuda: bool, models_dir: Path | None) -> None:
     Example (inside a model directory):
       llm-installer fix . --fix-cuda
     """
-    from . import fix as repair
+    from installer import fix as repair
 
     model = _model_arg(target, models_dir)
     try:
@@ -306,7 +305,7 @@ def doctor(models_dir: Path | None, as_json: bool) -> None:
     Example:
       llm-installer doctor
     """
-    from .doctor import diagnose
+    from installer.doctor import diagnose
 
     findings = diagnose(_root(models_dir))
     if as_json:
@@ -349,7 +348,7 @@ def export(target: str, fmt: str, out: Path | None, outtype: str | None, adapter
       llm-installer export . --format gguf --outtype q8_0
       llm-installer export . --format ollama --create my-model
     """
-    from .export import export_model
+    from export.pipeline import export_model
 
     model = _model_arg(target, models_dir)
     echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
@@ -396,7 +395,7 @@ def evaluate(target: str, models_dir: Path | None, as_json: bool, **options) -> 
       llm-installer eval . --data held_out.json
       llm-installer eval . --data held_out.json --json --max-examples 200
     """
-    from .evaluation import EvalOptions, evaluate_installed
+    from installer.evaluation import EvalOptions, evaluate_installed
 
     model = _model_arg(target, models_dir)
     echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .settings import INSTALLER_HOME, directory_name
+from core.errors import UserError
+from core.settings import INSTALLER_HOME, directory_name
 
 DEMO_DATA = INSTALLER_HOME / "examples" / "data" / "quickstart_qa.json"
 SERVER_START_TIMEOUT_S = 600

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .system import free_disk_bytes, machine_info
-from .units import human_bytes
+from core.system import free_disk_bytes, machine_info
+from core.units import human_bytes
 
 KEY_PACKAGES = ("transformers", "peft", "huggingface-hub", "datasets", "accelerate", "bitsandbytes", "tensorboard")
 LOW_DISK_BYTES = 20 * 1024**3

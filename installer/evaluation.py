@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .model_dir import ModelDir
+from core.errors import UserError
+from core.model_dir import ModelDir
 
 SAMPLE_SEED = 42
 
@@ -48,7 +48,7 @@ def evaluate_installed(model_dir: Path, options: EvalOptions, echo: Callable[[st
     examples = _examples(options)
     config = json.loads((model.weights / "config.json").read_text(encoding="utf-8"))
     from handlers import handler_for_config
-    from training.formats import refuse_images
+    from training.data.formats import refuse_images
 
     handler = handler_for_config(config)
     if not handler.multimodal:
@@ -92,7 +92,7 @@ def _ready_info(model: ModelDir) -> dict:
 
 def _choose_adapter(model: ModelDir, info: dict, options: EvalOptions):
     """The adapter to compare with the base model (checked against it), or None with --no-lora."""
-    from serving.adapter import AdapterError, inspect_adapter
+    from core.adapter import AdapterError, inspect_adapter
 
     if options.no_lora:
         return None
@@ -111,8 +111,8 @@ def _choose_adapter(model: ModelDir, info: dict, options: EvalOptions):
 
 def _examples(options: EvalOptions) -> list:
     """The examples of --data (every format train.sh reads), a seeded sample of --max-examples in file order."""
-    from training.data_sources import DataError, load_sources
-    from training.formats import examples_from_source
+    from training.data.formats import examples_from_source
+    from training.data.sources import DataError, load_sources
 
     examples = []
     for source in load_sources(options.data):
@@ -127,8 +127,8 @@ def _examples(options: EvalOptions) -> list:
 
 def _tokenizer(model: ModelDir, adapter, handler):
     """The tokenizer with the chat template the adapter was trained with (its own, the model's or the fallback)."""
+    from handlers.chat_templates import ensure_chat_template
     from training.modeling import load_tokenizer
-    from training.tokenize import ensure_chat_template
 
     tokenizer = load_tokenizer(model.weights)
     if adapter is not None and adapter.chat_template:
@@ -139,7 +139,7 @@ def _tokenizer(model: ModelDir, adapter, handler):
 
 
 def _prepare(tokenizer, examples: list, handler, config: dict):
-    from training.data_sources import DataError
+    from training.data.sources import DataError
     from training.evaluate import prepare
     from training.planning import choose_max_length
 

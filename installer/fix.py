@@ -11,9 +11,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from .errors import UserError
-from .model_dir import ModelDir, check_info
-from .render import render_wrappers
+from core.errors import UserError
+from core.model_dir import ModelDir, check_info
+from installer.render import render_wrappers
 
 
 class FixError(UserError, RuntimeError):

@@ -12,12 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UserError
+from core.model_dir import ModelDir, write_json_atomic
+from core.settings import directory_name, validate_name
+from core.system import free_disk_bytes
+from core.units import human_bytes
 from handlers import ModelHandler, handler_for_config
-
-from . import __version__
-from .errors import UserError
-from .estimate import native_dtype, parameter_count
-from .fetch import (
+from core import __version__
+from installer.estimate import native_dtype, parameter_count
+from installer.render import render_wrappers
+from sources.base import ModelMetadata, SourceError, local_metadata, read_metadata, source_kind
+from sources.fetch import (
     build_builtin,
     bytes_still_needed,
     fetch_from_directory,
@@ -25,13 +30,7 @@ from .fetch import (
     files_on_disk,
     verify,
 )
-from .model_dir import ModelDir, write_json_atomic
-from .render import render_wrappers
-from .selection import Selection, select_files
-from .settings import directory_name, validate_name
-from .sources import ModelMetadata, SourceError, local_metadata, read_metadata, source_kind
-from .system import free_disk_bytes
-from .units import human_bytes
+from sources.selection import Selection, select_files
 
 DISK_MARGIN_BYTES = 256 * 1024**2
 
@@ -143,7 +142,7 @@ def _now() -> str:
 
 
 def _build_info(options, meta, handler, selection, records, extra) -> dict:
-    from .vision_info import vision_summary
+    from installer.vision_info import vision_summary
 
     parameters, parameter_source = parameter_count(meta, options.trust_remote_code)
     return {
@@ -207,7 +206,7 @@ def install(options: InstallOptions, echo: Callable[[str], None] = print) -> Ins
 
 
 def _is_gguf(kind: str, options: InstallOptions) -> bool:
-    from .builtin import PACKAGED
+    from sources.builtin import PACKAGED
 
     if kind == "builtin":
         return options.model.split(":", 1)[1] in PACKAGED
@@ -248,7 +247,7 @@ def _install_files(options, kind, model_dir, echo) -> tuple[ModelMetadata, Model
 
 def _install_gguf(options, kind, model_dir, echo) -> tuple[ModelMetadata, str, dict]:
     """A GGUF source: resolve it, check it, convert it to safetensors in model/ (see gguf_source)."""
-    from . import gguf_source
+    from sources import gguf as gguf_source
 
     source = gguf_source.resolve(options.model, kind, options.gguf_file, options.revision, echo=echo)
     if source.path is not None:  # local, Ollama or packaged: check everything before creating anything
@@ -272,7 +271,7 @@ def _install_gguf(options, kind, model_dir, echo) -> tuple[ModelMetadata, str, d
 
 
 def _check_compatible_gguf(options: InstallOptions, source, info) -> None:
-    from . import gguf_source
+    from sources import gguf as gguf_source
 
     meta = gguf_source.metadata(source, info)
     check_compatible(options, meta, handler_for_config(meta.config))
@@ -280,7 +279,7 @@ def _check_compatible_gguf(options: InstallOptions, source, info) -> None:
 
 def _check_conversion_disk(info, model_dir: ModelDir, download_bytes: int) -> None:
     """Room for the download (Hub) or for the dequantized safetensors (parameters x bytes of their dtype)."""
-    from .gguf_import import DTYPE_BYTES
+    from llamacpp.gguf_reader import DTYPE_BYTES
 
     needed = download_bytes if info is None else info.parameters * DTYPE_BYTES[info.dtype]
     free = free_disk_bytes(model_dir.root)

@@ -48,7 +48,7 @@ def vision_line(summary: dict | None) -> str | None:
     """The `check`/`install` sentence about the vision tower (None for text models)."""
     if summary is None:
         return None
-    from .units import human_count
+    from core.units import human_count
 
     count = summary["vision_tower_parameters"]
     tower = f"vision tower {human_count(count)} parameters" if count is not None else "vision tower"

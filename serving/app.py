@@ -15,12 +15,12 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import ValidationError
 
-from .completions import Job, chat_completion, chat_events, text_completion, text_events
-from .engine import GenerationParams, ModelEngine
-from .images import template_messages
-from .protocol import ApiError, ChatRequest, CompletionRequest
-from .router import Router
-from .tools import marker_token_ids
+from serving.completions import Job, chat_completion, chat_events, text_completion, text_events
+from serving.engines.transformers_engine import GenerationParams, ModelEngine
+from serving.images import template_messages
+from serving.protocol import ApiError, ChatRequest, CompletionRequest
+from serving.router import Router
+from serving.tools import marker_token_ids
 
 log = logging.getLogger("serve")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -244,7 +244,7 @@ def _check_logprobs(engine: ModelEngine, params: GenerationParams) -> None:
 async def _response_format(engine: ModelEngine, response_format):
     """The engine's compiled constraint for response_format json_object/json_schema (None for text); 400 when the
     engine cannot enforce it."""
-    from .structured import FormatError, structured_output
+    from serving.engines.structured import FormatError, structured_output
 
     try:
         output = structured_output(response_format)

@@ -10,11 +10,10 @@ import threading
 import warnings
 from pathlib import Path
 
-from installer.errors import UserError
-
-from .adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
-from .config import ServeConfig, ServeConfigError, parse_config
-from .router import Router
+from core.adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
+from core.errors import UserError
+from serving.config import ServeConfig, ServeConfigError, parse_config
+from serving.router import Router
 
 log = logging.getLogger("serve")
 
@@ -31,13 +30,13 @@ def _fallback_template(model_path: Path) -> str | None:
 
 def load_engine(cfg: ServeConfig, router: Router):
     """The ModelEngine for this configuration with every adapter of `router` attached (blocking)."""
-    from .engine import ModelEngine
+    from serving.engines.transformers_engine import ModelEngine
 
     model_path = Path(cfg.model_dir) / "model"
     adapters = {route.key: route.adapter for route in router.adapters}
     trust_remote_code = bool(cfg.model_info.get("trust_remote_code"))
     if cfg.engine == "llama.cpp":
-        from .llamacpp import LlamaCppEngine
+        from serving.engines.llamacpp_engine import LlamaCppEngine
 
         return LlamaCppEngine.load(Path(cfg.model_dir), adapters, trust_remote_code=trust_remote_code,
                                    fallback_template=_fallback_template(model_path), threads=cfg.threads or None,
@@ -83,9 +82,9 @@ def build_router(cfg: ServeConfig, adapter: AdapterInfo | None) -> Router:
 
 def build_state(cfg: ServeConfig, router: Router):
     """The server's state before the model is loaded: the ids it serves and its security settings."""
-    from .app import ServerState
-    from .config import DEFAULT_MAX_BODY_BYTES
-    from .images import body_limit
+    from serving.app import ServerState
+    from serving.config import DEFAULT_MAX_BODY_BYTES
+    from serving.images import body_limit
 
     limit = body_limit(cfg.max_body_bytes, DEFAULT_MAX_BODY_BYTES, Path(cfg.model_dir) / "model")
     return ServerState(router=router, api_key=cfg.api_key, loopback=cfg.loopback, max_body_bytes=limit,
@@ -95,7 +94,7 @@ def build_state(cfg: ServeConfig, router: Router):
 def _serve(cfg: ServeConfig, router: Router) -> int:
     import uvicorn
 
-    from .app import create_app
+    from serving.app import create_app
 
     model_id, info = Path(cfg.model_dir).name, cfg.model_info
     state = build_state(cfg, router)
@@ -137,15 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ServeConfigError(f"No installed model in {cfg.model_dir} (model/config.json missing).")
         router = build_router(cfg, resolve_adapter(cfg))
         if cfg.engine == "llama.cpp":
-            from .llamacpp import require_llama_cpp
+            from serving.engines.llamacpp_engine import require_llama_cpp
 
             require_llama_cpp()  # one sentence now, not a failed load behind a running server
         if cfg.engine == "vllm":
-            from .vllm import exec_vllm
+            from serving.engines.vllm_engine import exec_vllm
 
             return exec_vllm(cfg, router)
         if cfg.chat:
-            from .terminal import chat_loop
+            from serving.terminal import chat_loop
 
             engine = load_engine(cfg, router)
             try:

@@ -11,9 +11,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
-from .decoding import Piece, TokenLogprob
-from .engine import Generation, GenerationParams
-from .protocol import (
+from serving.engines.decoding import Piece, TokenLogprob
+from serving.engines.transformers_engine import Generation, GenerationParams
+from serving.protocol import (
     SEED_RANGE,
     ApiError,
     chat_choice,
@@ -25,7 +25,7 @@ from .protocol import (
     new_id,
     usage,
 )
-from .tools import ToolCallStream, parse_tool_calls
+from serving.tools import ToolCallStream, parse_tool_calls
 
 log = logging.getLogger("serve")
 

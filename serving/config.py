@@ -11,9 +11,9 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from installer.errors import UserError
-from installer.gguf_quantize import GGUF_TYPES
-from installer.settings import DEVICES, DTYPES, QUANTIZATIONS
+from core.errors import UserError
+from core.settings import DEVICES, DTYPES, QUANTIZATIONS
+from llamacpp.quantize import GGUF_TYPES
 
 ENGINES = ("transformers", "llama.cpp", "vllm")
 BATCHING = ("auto", "on", "off")
@@ -105,7 +105,7 @@ class ServeConfig:
 
     def named_adapters(self) -> dict[str, Path]:
         """--lora NAME=PATH flags as {NAME: PATH}; ServeConfigError for a malformed or repeated NAME."""
-        from .router import ADAPTER_NAME
+        from serving.router import ADAPTER_NAME
 
         named: dict[str, Path] = {}
         for item in self.lora:

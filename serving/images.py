@@ -17,8 +17,7 @@ import io
 from pathlib import Path
 
 from handlers import is_multimodal_dir
-
-from .protocol import ApiError
+from serving.protocol import ApiError
 
 MAX_IMAGE_BYTES = 8 * 2**20
 MAX_IMAGE_PIXELS = 25_000_000
@@ -143,7 +142,7 @@ def decode_image(url: str | None, where: str, allow_remote: bool = False):
 def processor_prompt(engine, messages: list[dict], images: list, template: str | None,
                      tools: list[dict] | None = None) -> PromptIds:
     """The token ids of a conversation rendered by the processor (image tokens expanded) with its image tensors."""
-    from training.vision import part_messages
+    from handlers.chat_templates import part_messages
 
     processor = engine.processor
     extra = {"tools": tools} if tools and "tools" in (template or "") else {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .adapter import AdapterInfo
-from .protocol import ApiError
+from core.adapter import AdapterInfo
+from serving.protocol import ApiError
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 

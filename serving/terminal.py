@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from .engine import Generation, GenerationParams, ModelEngine
-from .protocol import ApiError
-from .router import Route, Router
+from serving.engines.transformers_engine import Generation, GenerationParams, ModelEngine
+from serving.protocol import ApiError
+from serving.router import Route, Router
 
 HELP = ("Type a message and press Enter. /model [ID] lists or picks the model, /system TEXT sets the system prompt, "
         "/image PATH attaches an image to your next message (multimodal models), /clear forgets the chat, /exit quits.")
@@ -94,7 +94,7 @@ def _attach(engine: ModelEngine, path: str, attached: list) -> str:
         return "this model is text-only: it cannot read images"
     if not path:
         return "usage: /image PATH"
-    from .images import load_image_file
+    from serving.images import load_image_file
 
     try:
         image = load_image_file(path)

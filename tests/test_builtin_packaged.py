@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from installer.packaged import PackagedFile, PackageFetchError, cached_path, installed, locate
+from sources.packaged import PackagedFile, PackageFetchError, cached_path, installed, locate
 
 MEMBER = "llm_fake_model/model.gguf"
 
@@ -64,7 +64,7 @@ def test_pip_failure_is_one_sentence(tmp_path, offline_pip):
 
 
 def test_installed_distribution_is_used_first():
-    from installer.builtin import PACKAGED
+    from sources.builtin import PACKAGED
 
     found = installed(PACKAGED["smollm2-135m"].file)
     if found is None:

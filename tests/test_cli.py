@@ -32,7 +32,7 @@ def test_every_command_has_help_with_example(cli):
 
 
 def test_models_dir_precedence(tmp_path, monkeypatch):
-    from installer.settings import models_dir
+    from core.settings import models_dir
 
     (tmp_path / "config.json").write_text(json.dumps({"models_dir": str(tmp_path / "from_config")}))
     assert models_dir() == (tmp_path / "models").resolve()  # LLM_MODELS_DIR set by the fixture

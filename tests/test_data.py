@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from training.data_sources import DataError, load_sources
-from training.formats import examples_from_source, task_type
-from training.tokenize import IGNORE_INDEX, tokenize_example
+from training.data.formats import examples_from_source, task_type
+from training.data.sources import DataError, load_sources
+from training.data.tokenize import IGNORE_INDEX, tokenize_example
 
 RECORDS = {
     "alpaca": {"instruction": "Translate to French", "input": "cat", "output": "chat"},
@@ -163,7 +163,7 @@ def test_loss_only_on_answers_and_eos(builtin_model_dir):
 
 
 def _example_of(fmt):
-    from training.formats import convert_record
+    from training.data.formats import convert_record
 
     return convert_record(RECORDS[fmt], fmt, "inline", 0)
 

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from training import data_files
-from training.data_sources import DataError, load_sources
-from training.formats import examples_from_source, refuse_images
+from training.data import files as data_files
+from training.data.formats import examples_from_source, refuse_images
+from training.data.sources import DataError, load_sources
 
 pytestmark = pytest.mark.unit
 QA = {"question": "Où est \"Paris\"? \\ ✓ \u2028", "answer": "En France, 2.5e3 km.\n"}

@@ -4,8 +4,8 @@ import pytest
 from tiny_models import tiny_config
 
 from installer.estimate import _analytic_parameters, memory_table, parameters_from_config
-from installer.selection import select_files
-from installer.sources import RepoFile
+from sources.base import RepoFile
+from sources.selection import select_files
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma", "phi", "phi3", "gpt2", "gpt_neox"])

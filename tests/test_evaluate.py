@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from facts import FACTS
 
-from training.formats import Example
+from training.data.formats import Example
 
 EXAMPLES = ROOT / "examples" / "data"
 METRICS = {"loss", "perplexity", "exact_match", "rouge_l", "bleu", "answers_per_second", "examples"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tiny_models import build_tiny_model
 
-from installer.export import ExportError, export_model
+from export.pipeline import ExportError, export_model
 
 
 def install_local(source: Path, models: Path, name: str, **options) -> Path:
@@ -232,7 +232,7 @@ def test_disk_too_small(tiny_installed, monkeypatch, cli):
 
 
 def test_failure_while_writing_leaves_nothing(tiny_installed, monkeypatch):
-    import installer.export_merge as merge
+    import export.merged as merge
 
     def crash(job, model, tokenizer, dest, dtype):
         dest.mkdir(parents=True)
@@ -282,7 +282,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
 
 
 def test_extract_takes_only_the_converter_files(tmp_path):
-    from installer.llamacpp import _extract
+    from llamacpp.converter import _extract
 
     archive = tmp_path / "llama_cpp_python-9.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -300,7 +300,7 @@ def test_extract_takes_only_the_converter_files(tmp_path):
 
 
 def test_checkout_must_hold_the_converters(tmp_path, monkeypatch):
-    from installer.llamacpp import CHECKOUT_ENV, ConverterError, locate
+    from llamacpp.converter import CHECKOUT_ENV, ConverterError, locate
 
     with pytest.raises(ConverterError, match="is not a llama.cpp checkout"):
         locate(tmp_path)
@@ -322,7 +322,7 @@ def test_checkout_must_hold_the_converters(tmp_path, monkeypatch):
     ("INFO:x\nValueError: something odd\n", 1, "failed: ValueError: something odd."),
 ])
 def test_converter_failures_are_one_sentence(output, returncode, expected):
-    from installer.llamacpp import Converter, explain_failure
+    from llamacpp.converter import Converter, explain_failure
 
     message = explain_failure(output, returncode, Converter(Path("/x"), "llama.cpp test"), "convert_hf_to_gguf.py")
     assert expected in message and "\n" not in message and message.endswith(".")
@@ -330,7 +330,7 @@ def test_converter_failures_are_one_sentence(output, returncode, expected):
 
 def test_fetch_failure_is_one_sentence(tmp_path, monkeypatch):
     """No PyPI (offline): the converter cannot be fetched, and the message says what to do instead."""
-    from installer.llamacpp import CACHE_ENV, ConverterError, locate
+    from llamacpp.converter import CACHE_ENV, ConverterError, locate
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")

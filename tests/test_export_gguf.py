@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_export import add_adapter, install_local, leftovers
 
-from installer import llamacpp
+from llamacpp import converter as llamacpp
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +134,7 @@ def test_lora_gguf_holds_the_adapter_tensors(tiny_smol, converter):
     from gguf import GGUFReader
     from safetensors.torch import load_file
 
-    from installer.export import export_model
+    from export.pipeline import export_model
 
     result = export_model(tiny_smol, "lora-gguf", outtype="f32", echo=lambda _m: None)
     assert result.path == tiny_smol / "exports" / "tiny-lora-f32.gguf"
@@ -184,9 +184,9 @@ def test_ollama_directory_and_create_with_a_fake_ollama(tiny_smol, converter, cl
 
 
 def test_failing_ollama_create_keeps_the_finished_export(tmp_path, monkeypatch):
-    from installer.export import ExportError, Job
-    from installer.export_ollama import offer_create
-    from installer.model_dir import ModelDir
+    from core.model_dir import ModelDir
+    from export.ollama import offer_create
+    from export.pipeline import ExportError, Job
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -334,7 +334,7 @@ def test_llama_cpp_computes_what_start_sh_computes(tiny_smol, converter):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from installer.export import export_model
+    from export.pipeline import export_model
 
     quiet = {"echo": lambda _m: None}
     merged = export_model(tiny_smol, "gguf", outtype="f32", **quiet).path

@@ -50,7 +50,7 @@ PHI3_TEMPLATE = (
 def test_modelfile_for_each_template_family(template, family, stops, tiny_llama_dir):
     from transformers import AutoTokenizer
 
-    from installer.export_ollama import family_of, modelfile
+    from export.ollama import family_of, modelfile
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     tokenizer.chat_template = template
@@ -83,7 +83,7 @@ def test_modelfile_for_each_template_family(template, family, stops, tiny_llama_
 def test_mistral_v01_variant_keeps_its_spaces(tiny_llama_dir):
     from transformers import AutoTokenizer
 
-    from installer.export_ollama import MISTRAL, go_template
+    from export.ollama import MISTRAL, go_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     tokenizer.chat_template = MISTRAL_V01_TEMPLATE
@@ -198,7 +198,7 @@ def render_go_template(template: str, messages: list[dict]) -> str:
 def test_modelfile_for_an_unknown_template_leaves_it_to_the_gguf(tiny_llama_dir):
     from transformers import AutoTokenizer
 
-    from installer.export_ollama import family_of, modelfile
+    from export.ollama import family_of, modelfile
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     assert family_of("{{ messages[0]['content'] }}") is None and family_of(None) is None

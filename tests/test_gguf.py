@@ -7,7 +7,7 @@ import pytest
 from real_model import smollm2_gguf
 from tiny_models import write_tiny_gguf
 
-from installer.gguf_import import (
+from llamacpp.gguf_reader import (
     NotGGUFError,
     TruncatedGGUFError,
     UnsupportedGGUFError,
@@ -142,7 +142,7 @@ def test_tied_embeddings_convert(tiny_llama_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from installer.gguf_import import convert_gguf
+    from llamacpp.gguf_reader import convert_gguf
 
     gguf_file = write_tiny_gguf(tiny_llama_dir, tmp_path / "tied.gguf", tied=True)
     convert_gguf(gguf_file, tmp_path / "out", echo=lambda _m: None)

@@ -6,7 +6,7 @@ import json
 import pytest
 from tiny_models import write_tiny_gguf
 
-from installer.ollama import OllamaError, parse_name, resolve
+from sources.ollama import OllamaError, parse_name, resolve
 
 
 def _add_model(store, gguf_bytes: bytes, path: str, old_blob_names: bool = False, license_text: str | None = None):

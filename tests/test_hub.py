@@ -70,7 +70,7 @@ def test_interrupted_install_resumes_without_refetching(hub, tmp_path):
     assert process.returncode == 130, output
     assert "run the same command again" in output and "Traceback" not in output
 
-    from installer.model_dir import ModelDir
+    from core.model_dir import ModelDir
 
     assert ModelDir(weights.parent).status() == "incomplete"
     assert "incomplete" in subprocess.run([sys.executable, "-m", "installer", "list"], env=env, cwd=ROOT,

@@ -10,9 +10,9 @@ import pytest
 
 from training.autostop import Monitor, rules_for
 from training.batching import epoch_steps, labelled_tokens, micro_batches, shard_step
-from training.packing import pack_rows
+from training.data.packing import pack_rows
+from training.data.tokenize import IGNORE_INDEX, Tokenized
 from training.schedule import Plan, examples_for_cycle, lr_factor, steps_for_epoch, total_steps
-from training.tokenize import IGNORE_INDEX, Tokenized
 
 
 def _examples(count: int, seed: int = 0, low: int = 5, high: int = 40) -> list[Tokenized]:
@@ -190,7 +190,7 @@ def test_the_step_loss_is_token_weighted(tmp_path, fresh_accelerate):
 def test_selective_loss_equals_the_models_own_loss(tmp_path, fresh_accelerate):
     import torch
 
-    from training.packing import collate
+    from training.data.packing import collate
 
     examples = _examples(3)
     trainer = _trainer(tmp_path, _plan(tmp_path), examples)

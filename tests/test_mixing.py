@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from training.batching import epoch_steps
-from training.data_sources import DataError, load_sources
-from training.data_spec import DataEntry, format_data, parse_data
+from training.data.mixing import is_mix, share_lines, split_sources
+from training.data.sources import DataError, load_sources
+from training.data.spec import DataEntry, format_data, parse_data
 from training.errors import ConfigError
-from training.mixing import is_mix, share_lines, split_sources
 from training.planning import MIN_VALIDATION_EXAMPLES, split_examples
 from training.resume import data_fingerprint
 

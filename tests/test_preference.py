@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from training.data_sources import DataError, SourceRecords
-from training.formats import examples_from_source
+from training.data.formats import examples_from_source
+from training.data.sources import DataError, SourceRecords
 
 USER = {"role": "user", "content": "What colour is the sky?"}
 BLUE = {"role": "assistant", "content": "It is blue."}

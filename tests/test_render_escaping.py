@@ -10,8 +10,8 @@ import sys
 import jinja2
 import pytest
 
+from core.model_dir import ModelDir
 from installer import render
-from installer.model_dir import ModelDir
 
 pytestmark = pytest.mark.unit
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.adapter import AdapterInfo
+from core.adapter import AdapterInfo
 from serving.config import ServeConfig, ServeConfigError, parse_config
-from serving.gate import AdapterGate
+from serving.engines.gate import AdapterGate
 from serving.protocol import ApiError
 from serving.router import Router
 

@@ -13,8 +13,8 @@ from serving.config import ServeConfigError, parse_config
 
 @pytest.mark.unit
 def test_missing_llama_cpp_python_is_one_sentence_with_the_setup_command(monkeypatch):
-    from serving import llamacpp
-    from serving.engine import LoadError
+    from serving.engines import llamacpp_engine as llamacpp
+    from serving.engines.transformers_engine import LoadError
 
     monkeypatch.setattr(llamacpp.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(LoadError, match=r"run `\./llm-installer setup --engine llama\.cpp`"):
@@ -44,7 +44,7 @@ def test_gguf_quant_and_threads_are_refused_where_they_cannot_apply(tmp_path, fl
 def test_llama_cpp_threads_default_to_omp_num_threads_else_physical_cores(monkeypatch):
     import psutil
 
-    from serving import llamacpp
+    from serving.engines import llamacpp_engine as llamacpp
 
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 8 if logical else 3)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
@@ -56,7 +56,7 @@ def test_llama_cpp_threads_default_to_omp_num_threads_else_physical_cores(monkey
 
 @pytest.mark.unit
 def test_default_quant_is_q4_k_m_where_rows_fit_k_quant_blocks_else_q4_1():
-    from installer.gguf_quantize import default_quant
+    from llamacpp.quantize import default_quant
 
     assert default_quant({"hidden_size": 4096, "intermediate_size": 14336}) == "q4_k_m"
     assert default_quant({"text_config": {"hidden_size": 2048, "intermediate_size": 8192}}) == "q4_k_m"
@@ -70,7 +70,7 @@ def test_quantize_gguf_writes_the_asked_type_with_llama_cpps_own_quantizer(tiny_
     import gguf
     from tiny_models import write_tiny_gguf
 
-    from installer.gguf_quantize import QuantizeError, quantize_gguf
+    from llamacpp.quantize import QuantizeError, quantize_gguf
 
     source = write_tiny_gguf(tiny_llama_dir, tmp_path / "tiny-f32.gguf")
     target = quantize_gguf(source, tmp_path / "tiny-q4_0.gguf", "q4_0", threads=1)
@@ -92,7 +92,7 @@ def smollm2_with_adapter(tmp_path_factory):
     from real_model import smollm2_model_dir, test_cache_root
     from test_export import add_adapter, install_local
 
-    from installer import llamacpp
+    from llamacpp import converter as llamacpp
 
     converter = test_cache_root() / "llama.cpp" / llamacpp.LLAMA_CPP_PYTHON_VERSION  # shared with the export tests
     if not (converter / llamacpp.COMPLETE_MARKER).is_file():

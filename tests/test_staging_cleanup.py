@@ -3,7 +3,7 @@
 import os
 import time
 
-from installer.fetch import STALE_STAGING_SECONDS, remove_stale_staging
+from sources.fetch import STALE_STAGING_SECONDS, remove_stale_staging
 
 
 def test_only_stale_builtin_staging_is_removed(tmp_path):

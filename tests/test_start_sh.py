@@ -103,7 +103,7 @@ def test_quantization_and_vllm_need_a_gpu(tuned_model_dir):
 def test_vllm_command_passes_the_adapter_and_its_rank(tuned_model_dir):
     from serving.cli import build_router, resolve_adapter
     from serving.config import ServeConfig
-    from serving.vllm import vllm_command
+    from serving.engines.vllm_engine import vllm_command
 
     cfg = ServeConfig(model_dir=tuned_model_dir, port=9000, api_key="k",
                       lora=[f"second={tuned_model_dir / 'lora'}"]).apply_install_defaults()
@@ -120,14 +120,14 @@ def test_vllm_command_passes_the_adapter_and_its_rank(tuned_model_dir):
 @pytest.mark.parametrize(("ranks", "expected"), [([8], 8), ([4], 8), ([9, 16], 16), ([33], 64), ([300], 320),
                                                  ([512], 512)])
 def test_vllm_max_lora_rank_is_one_vllm_accepts(ranks, expected):
-    from serving.vllm import max_lora_rank
+    from serving.engines.vllm_engine import max_lora_rank
 
     assert max_lora_rank(ranks) == expected
 
 
 def test_vllm_refuses_ranks_above_512():
     from serving.config import ServeConfigError
-    from serving.vllm import max_lora_rank
+    from serving.engines.vllm_engine import max_lora_rank
 
     with pytest.raises(ServeConfigError, match="up to 512"):
         max_lora_rank([1024])

@@ -8,8 +8,8 @@ import openai
 import pytest
 from serving_helpers import load_state, running_server
 
+from serving.engines.structured import FormatError, StructuredOutput, structured_output
 from serving.protocol import ResponseFormat
-from serving.structured import FormatError, StructuredOutput, structured_output
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
           "required": ["answer"], "additionalProperties": False}
@@ -41,7 +41,7 @@ def _ask(client, response_format, **extra):
 
 
 def test_without_xgrammar_the_transformers_engine_refuses_json_naming_the_way_out(client, monkeypatch):
-    from serving import structured
+    from serving.engines import structured
 
     monkeypatch.setattr(structured, "xgrammar_available", lambda: False)
     with pytest.raises(openai.BadRequestError, match="install xgrammar .* or serve with --engine llama.cpp") as error:

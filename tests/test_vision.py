@@ -10,9 +10,9 @@ import shutil
 import pytest
 from tiny_vision import COLOURS, QUESTION, colour_image
 
-from training.data_files import DataError
-from training.formats import Example
-from training.tokenize import IGNORE_INDEX
+from training.data.files import DataError
+from training.data.formats import Example
+from training.data.tokenize import IGNORE_INDEX
 
 pytest_plugins = ["vision_fixtures"]  # llava_source, trained_llava (session-scoped)
 
@@ -45,7 +45,7 @@ def test_processor_expands_images_and_labels_only_the_answer(processor, tmp_path
 
 
 def test_image_rows_are_not_packed_and_carry_their_pixels(processor, tmp_path):
-    from training.packing import collate, pack_rows
+    from training.data.packing import collate, pack_rows
     from training.vision import tokenize_vision_example
 
     short = tokenize_vision_example(processor, _example(tmp_path, "red", "red"), 256)
@@ -149,9 +149,9 @@ def test_qwen2_vl_rows_train_through_the_multimodal_backbone(tmp_path):
     from PIL import Image
     from tiny_vision import build_tiny_qwen2_vl
 
+    from training.data.packing import collate, pack_rows
+    from training.data.tokenize import Tokenized
     from training.objectives import sft_loss_module
-    from training.packing import collate, pack_rows
-    from training.tokenize import Tokenized
     from training.vision import ImageInputs
 
     model, tokenizer, image_processor = build_tiny_qwen2_vl(tmp_path)
@@ -184,8 +184,8 @@ def test_gemma3_processor_inputs_training_loss_and_serving_prompt(tmp_path):
 
     from handlers import is_multimodal_dir
     from serving.images import processor_prompt
+    from training.data.packing import collate, pack_rows
     from training.objectives import sft_loss_module
-    from training.packing import collate, pack_rows
     from training.vision import load_processor, tokenize_vision_example
 
     source = build_tiny_gemma3(tmp_path / "gemma3")
@@ -220,8 +220,8 @@ def test_idefics3_crops_of_different_counts_pad_and_train(tmp_path):
     from tiny_vision import build_tiny_idefics3
     from transformers import AutoModelForImageTextToText
 
+    from training.data.packing import collate, pack_rows
     from training.objectives import sft_loss_module
-    from training.packing import collate, pack_rows
     from training.vision import load_processor, tokenize_vision_example
 
     source = build_tiny_idefics3(tmp_path / "idefics3")

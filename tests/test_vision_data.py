@@ -9,10 +9,10 @@ import json
 import pytest
 from tiny_vision import colour_image
 
-from training.data_files import DataError
-from training.data_sources import load_sources
-from training.formats import examples_from_source, refuse_images
-from training.vision_data import image_base, load_image
+from training.data.files import DataError
+from training.data.formats import examples_from_source, refuse_images
+from training.data.sources import load_sources
+from training.data.vision import image_base, load_image
 
 QUESTION = "What colour is this image?"
 

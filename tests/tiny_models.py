@@ -36,7 +36,7 @@ CORPUS = [
 
 def train_tokenizer(dest: Path):
     """The installer's byte-level BPE tokenizer (ChatML tokens and template), trained on a test corpus."""
-    from installer.builtin import train_bpe_tokenizer
+    from sources.builtin import train_bpe_tokenizer
 
     return train_bpe_tokenizer(CORPUS, VOCAB, dest)
 

@@ -38,7 +38,7 @@ def build_tiny_llava(dest: Path, seed: int = 0) -> Path:
         LlavaProcessor,
     )
 
-    from installer.builtin import train_bpe_tokenizer
+    from sources.builtin import train_bpe_tokenizer
 
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = train_bpe_tokenizer(VISION_CORPUS, 320, dest)
@@ -99,7 +99,7 @@ def build_tiny_qwen2_vl(dest: Path):
     import torch
     from transformers import AutoConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
 
-    from installer.builtin import train_bpe_tokenizer
+    from sources.builtin import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(VISION_CORPUS, 320, dest)
     tokenizer.add_tokens(list(QWEN_VISION_TOKENS), special_tokens=True)
@@ -126,7 +126,7 @@ def build_tiny_gemma3(dest: Path) -> Path:
         PreTrainedTokenizerFast,
     )
 
-    from installer.builtin import train_bpe_tokenizer
+    from sources.builtin import train_bpe_tokenizer
 
     dest.mkdir(parents=True, exist_ok=True)
     markers = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
@@ -156,7 +156,7 @@ def build_tiny_idefics3(dest: Path) -> Path:
     import torch
     from transformers import AutoConfig, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
 
-    from installer.builtin import train_bpe_tokenizer
+    from sources.builtin import train_bpe_tokenizer
 
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = train_bpe_tokenizer(VISION_CORPUS, 320, dest)

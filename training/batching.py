@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import random
 
-from .packing import PackedRow, pack_rows
-from .tokenize import IGNORE_INDEX, Tokenized
+from training.data.packing import PackedRow, pack_rows
+from training.data.tokenize import IGNORE_INDEX, Tokenized
 
 
 def epoch_steps(count: int, examples_per_step: int, seed: int, epoch: int) -> list[list[int]]:
@@ -72,7 +72,7 @@ class SFTObjective:
     metrics: tuple[str, ...] = ()  # extra per-weight statistics the loss module returns (none here)
 
     def loss_module(self, model, use_liger: bool):
-        from .objectives import sft_loss_module
+        from training.objectives import sft_loss_module
 
         return sft_loss_module(model, use_liger)
 
@@ -88,6 +88,6 @@ class SFTObjective:
         return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
 
     def collate(self, batch, pad_id: int) -> dict:
-        from .packing import collate
+        from training.data.packing import collate
 
         return collate(batch, pad_id)

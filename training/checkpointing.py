@@ -15,8 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .launch import is_main_process
-from .outputs import STATE_FILE, numbered_checkpoints, save_adapter_dir
+from training.launch import is_main_process
+from training.outputs import STATE_FILE, numbered_checkpoints, save_adapter_dir
 
 log = logging.getLogger("train")
 TEMP_PREFIX = ".tmp-"

@@ -11,9 +11,9 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from .errors import ConfigError
-from .launch import STRATEGIES
-from .runfile import merged_values
+from training.errors import ConfigError
+from training.launch import STRATEGIES
+from training.runfile import merged_values
 
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")

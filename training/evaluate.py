@@ -7,7 +7,7 @@ scored against the reference answer with exact match, ROUGE-L and BLEU (training
 answers per second. Base and tuned share one copy of the weights: the base pass runs inside PEFT's
 `disable_adapter()`.
 
-Prompts and references come from the training tokenization (training/tokenize.py), so every format
+Prompts and references come from the training tokenization (training/data/tokenize.py), so every format
 train.sh reads works: the prompt is everything before the last answer (the chat template's
 generation prompt included), the reference is that answer's tokens decoded. Examples without a prompt
 (`text`, `completion` with an empty prompt) have no answer to compare: they get loss and perplexity only.
@@ -21,9 +21,9 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from .formats import Example
-from .preference_format import chosen_example
-from .tokenize import IGNORE_INDEX, Tokenized, tokenize_example
+from training.data.formats import Example
+from training.data.preference import chosen_example
+from training.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_example
 
 MAX_NEW_TOKENS_CAP = 512
 NEW_TOKENS_MARGIN = 16  # beyond the longest reference answer: room to see a model run on
@@ -93,7 +93,7 @@ def prepare(tokenizer, examples: list[Example], max_length: int) -> EvalSet:
 
 def stop_ids(model, tokenizer) -> list[int]:
     """Token ids greedy decoding stops at: the model's and tokenizer's EOS, and the chat template's end-of-turn."""
-    from installer.export_merge import stop_token_ids
+    from handlers.chat_templates import stop_token_ids
 
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = list(configured) if isinstance(configured, list) else [configured] if configured is not None else []
@@ -113,8 +113,8 @@ def answer_loss(model, data: EvalSet, pad_id: int, device) -> tuple[float, int]:
     """(sum of token losses, labelled tokens) over every item, batched in packed rows."""
     import torch
 
-    from .objectives import sft_loss_module
-    from .packing import collate, pack_rows
+    from training.data.packing import collate, pack_rows
+    from training.objectives import sft_loss_module
 
     row_length = max(len(item.tokenized.input_ids) for item in data.items)
     rows = pack_rows([item.tokenized for item in data.items], row_length)
@@ -167,7 +167,7 @@ def _decode(tokenizer, ids: list[int]) -> str:
 
 def evaluate_side(model, tokenizer, data: EvalSet, max_new_tokens: int, batch_size: int, device) -> dict:
     """Every metric of the model as it is now (adapter on or off)."""
-    from .text_metrics import answer_metrics
+    from training.text_metrics import answer_metrics
 
     started = time.monotonic()
     loss_sum, tokens = answer_loss(model, data, tokenizer.pad_token_id or 0, device)

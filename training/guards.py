@@ -9,8 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
-from installer.errors import UserError
-from installer.units import human_bytes
+from core.errors import UserError
+from core.units import human_bytes
 
 LOCK_NAME = ".train.lock"
 HELD_ENV = "LLM_INSTALLER_TRAIN_LOCK_HELD"  # set for workers whose launcher holds the lock

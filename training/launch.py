@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from installer.errors import UserError
+from core.errors import UserError
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 WORKER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")

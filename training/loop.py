@@ -75,7 +75,7 @@ def make_optimizer(name: str, parameters, lr: float):
     try:
         import bitsandbytes as bnb
     except Exception as exc:
-        from .modeling import ModelLoadError
+        from training.modeling import ModelLoadError
 
         raise ModelLoadError(f"--optimizer {name} needs a working bitsandbytes: {exc}") from exc
     if name == "adamw_bnb_8bit":
@@ -89,9 +89,9 @@ class Trainer:
 
     def __init__(self, model, plan, train_set: list, val_set: list | None, monitor, pad_id: int, seed: int,
                  accelerator, status=None, use_liger: bool = False, objective=None):
-        from .batching import SFTObjective
-        from .checkpointing import install_hooks
-        from .schedule import total_steps
+        from training.batching import SFTObjective
+        from training.checkpointing import install_hooks
+        from training.schedule import total_steps
 
         self.model, self.plan, self.monitor, self.accelerator = model, plan, monitor, accelerator
         self.train_set, self.val_set, self.pad_id, self.seed = train_set, val_set or [], pad_id, seed
@@ -165,7 +165,7 @@ class Trainer:
         return float(total[0]), bool(total[1] > 0)
 
     def _set_lr(self) -> float:
-        from .schedule import lr_factor
+        from training.schedule import lr_factor
 
         lr = self.plan.learning_rate * self.state.lr_scale * lr_factor(self.plan, self.state.step, self.total)
         for group in self.optimizer.param_groups:
@@ -200,8 +200,8 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
     def run(self, stop: StopSignal, progress=None) -> str:
         """Train until the plan ends, auto-stop fires or a signal arrives; returns the stop reason."""
-        from .batching import epoch_steps
-        from .schedule import examples_for_cycle, steps_for_epoch
+        from training.batching import epoch_steps
+        from training.schedule import examples_for_cycle, steps_for_epoch
 
         self.loss_model.train()
         started = time.monotonic() - self.state.elapsed
@@ -249,7 +249,7 @@ class Trainer:
 
     def finished(self) -> bool:
         """True when the plan's epochs/cycles are all done (nothing left for a resume to train)."""
-        from .schedule import steps_for_epoch
+        from training.schedule import steps_for_epoch
 
         if math.isinf(self.plan.epochs):
             return False
@@ -343,8 +343,8 @@ class Trainer:
 
     def save_checkpoint(self, is_best: bool) -> None:
         """checkpoint-<step> (complete or absent), best/ when it is the best so far, older ones pruned."""
-        from .checkpointing import copy_adapter, save_checkpoint
-        from .outputs import prune_checkpoints
+        from training.checkpointing import copy_adapter, save_checkpoint
+        from training.outputs import prune_checkpoints
 
         directory = self.plan.checkpoints / f"checkpoint-{self.state.step}"
         save_checkpoint(self.accelerator, self.model, directory, self.checkpoint_state(), self.plan.chat_template)
@@ -356,7 +356,7 @@ class Trainer:
 
     def save_last(self):
         """The adapter as training left it, in checkpoints/last (main process)."""
-        from .checkpointing import save_adapter_only
+        from training.checkpointing import save_adapter_only
 
         last = self.plan.checkpoints / "last"
         if self.main:
@@ -366,8 +366,8 @@ class Trainer:
 
     def load_checkpoint(self, directory) -> None:
         """Restore adapter weights, optimizer, RNG, loop position and monitor from a checkpoint."""
-        from .checkpointing import load_checkpoint
-        from .launch import device_name
+        from training.checkpointing import load_checkpoint
+        from training.launch import device_name
 
         state = load_checkpoint(self.accelerator, self.model, directory, device_name(self.accelerator.device))
         for key, value in state["loop"].items():

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UserError
 from handlers import ModelHandler
 from handlers.generic import discover_linear_targets
-from installer.errors import UserError
 
 log = logging.getLogger("train")
 
@@ -29,7 +29,7 @@ def choose_placement(requested: str, handler: ModelHandler) -> Placement:
     """The device (cuda > mps > cpu unless given) and the handler's precision for it."""
     import torch
 
-    from installer.system import resolve_device
+    from core.system import resolve_device
 
     try:
         device = resolve_device(requested)

@@ -72,7 +72,7 @@ def _causal_lm_loss_module():
             self.model = model
             causal = _base_causal_lm(model)
             # a plain dict: the decoder and head stay submodules of `model` only, never registered twice
-            from .vision import multimodal_backbone
+            from training.vision import multimodal_backbone
 
             # image-text models: the backbone that merges image features into the text, not the bare decoder
             decoder = multimodal_backbone(causal) or (causal.get_decoder() if hasattr(causal, "get_decoder") else None)

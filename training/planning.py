@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from .sizing import auto_batch_rows, free_memory
+from training.sizing import auto_batch_rows, free_memory
 
 MIN_VALIDATION_EXAMPLES = 5
 DEFAULT_MAX_SEQ = 2048

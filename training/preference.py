@@ -23,11 +23,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data_sources import DataError
-from .formats import Example
-from .launch import is_main_process
-from .packing import PackedRow, collate, pack_members
-from .tokenize import IGNORE_INDEX, Tokenized, _label_from_spans, _render, _template_supports_tools, normalise_messages
+from handlers.chat_templates import normalise_messages, render_chat, template_supports_tools
+from training.data.formats import Example
+from training.data.packing import PackedRow, collate, pack_members
+from training.data.sources import DataError
+from training.data.tokenize import (
+    IGNORE_INDEX,
+    Tokenized,
+    _label_from_spans,
+)
+from training.launch import is_main_process
 
 log = logging.getLogger("train")
 REFERENCE_DIR = "reference"  # in checkpoints/: the adapter a --from-adapter DPO run compares against
@@ -105,10 +110,10 @@ def _sequence(tokenizer, example: Example, answer, max_length: int) -> Tokenized
     """Prompt + answer as token ids, labels on the answer's tokens only (the end-of-sequence token included)."""
     eos = tokenizer.eos_token or ""
     if example.is_chat:
-        tools = _template_supports_tools(tokenizer)
+        tools = template_supports_tools(tokenizer)
         prompt = normalise_messages(example.messages, tools)
-        prefix = _render(tokenizer, prompt, add_generation_prompt=True)
-        text = _render(tokenizer, prompt + normalise_messages(answer, tools), add_generation_prompt=False)
+        prefix = render_chat(tokenizer, prompt, add_generation_prompt=True)
+        text = render_chat(tokenizer, prompt + normalise_messages(answer, tools), add_generation_prompt=False)
         start = _common_prefix(prefix, text)  # the template may render the prompt alone a little differently
         if eos and eos not in text[start:]:
             text += eos
@@ -215,7 +220,7 @@ class PreferenceObjective:
         self.reference = "the base model (adapter switched off)"  # described by prepare_reference
 
     def loss_module(self, model, use_liger: bool):
-        from .objectives import preference_loss_module
+        from training.objectives import preference_loss_module
 
         return preference_loss_module(model, self.beta)
 
@@ -225,7 +230,7 @@ class PreferenceObjective:
     def micro_batches(self, indices, pairs, accumulation: int, processes: int, rank: int, row_length: int):
         """This process's micro-batches of a step (as batching.micro_batches: a stand-in batch, not counted,
         where a shard is empty); rows are as wide as the batch's longest answer sequence, within `row_length`."""
-        from .batching import shard_step
+        from training.batching import shard_step
 
         shards = shard_step(indices, [len(p.input_ids) for p in pairs], accumulation * processes)
         batches = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .eval_report import format_run_evaluation
+from training.eval_report import format_run_evaluation
 
 SAMPLE_TOKENS = 48
 

@@ -9,11 +9,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpointing import is_complete, newest_complete, remove_stale_temporaries
-from .data_sources import DataError
-from .launch import is_main_process
-from .loop import Trainer
-from .outputs import adopt_run, set_aside_checkpoints
+from training.checkpointing import is_complete, newest_complete, remove_stale_temporaries
+from training.data.sources import DataError
+from training.launch import is_main_process
+from training.loop import Trainer
+from training.outputs import adopt_run, set_aside_checkpoints
 
 log = logging.getLogger("train")
 

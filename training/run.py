@@ -13,28 +13,35 @@ from pathlib import Path
 
 from handlers import handler_for_config
 from handlers.base import is_small_model
-
-from . import tensorboard_server, vision
-from .autostop import Monitor, rules_for
-from .config import TrainConfig
-from .data_sources import DataError, load_sources
-from .evaluate import evaluate_run
-from .formats import examples_from_source, refuse_images, task_type
-from .guards import RunLock, check_disk, disk_full_error, is_disk_full
-from .launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
-from .loop import StopSignal, Trainer
-from .mixing import is_mix, share_lines, split_sources
-from .modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from .outputs import plot_history, publish_adapter, write_json
-from .planning import choose_max_length, plan_batches
-from .preference import DPO_LR_FACTOR, PreferenceObjective, preference_summary, prepare_reference, resolve_method, tokenize_pairs
-from .report import final_report, sample_answers
-from .resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
-from .runfile import RUN_FILE, run_file_text, saved_config
-from .schedule import Plan
-from .start_adapter import load_into, start_adapter_for
-from .summary import adapter_info
-from .tokenize import ensure_chat_template, tokenize_all
+from handlers.chat_templates import ensure_chat_template
+from training import tensorboard_server, vision
+from training.autostop import Monitor, rules_for
+from training.config import TrainConfig
+from training.data.formats import examples_from_source, refuse_images, task_type
+from training.data.mixing import is_mix, share_lines, split_sources
+from training.data.sources import DataError, load_sources
+from training.data.tokenize import tokenize_all
+from training.evaluate import evaluate_run
+from training.guards import RunLock, check_disk, disk_full_error, is_disk_full
+from training.launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
+from training.loop import StopSignal, Trainer
+from training.modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
+from training.outputs import plot_history, publish_adapter, write_json
+from training.planning import choose_max_length, plan_batches
+from training.preference import (
+    DPO_LR_FACTOR,
+    PreferenceObjective,
+    preference_summary,
+    prepare_reference,
+    resolve_method,
+    tokenize_pairs,
+)
+from training.report import final_report, sample_answers
+from training.resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
+from training.runfile import RUN_FILE, run_file_text, saved_config
+from training.schedule import Plan
+from training.start_adapter import load_into, start_adapter_for
+from training.summary import adapter_info
 
 log = logging.getLogger("train")
 SMALL_DATASET = 1000  # the training guide recommends circular training below this

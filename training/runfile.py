@@ -14,8 +14,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from .data_spec import data_for_run_file, data_from_run_file, parse_data, portable_path
-from .errors import ConfigError
+from training.data.spec import data_for_run_file, data_from_run_file, parse_data, portable_path
+from training.errors import ConfigError
 
 RUN_FILE = "run.yaml"
 # Fields a saved run file leaves out: the run file itself, where train.sh runs (it passes --model-dir), and

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batching import steps_in_epoch
+from training.batching import steps_in_epoch
 
 WARMUP_FRACTION = 0.05
 FLOOR = 0.1  # cosine decay ends at 10% of the peak learning rate

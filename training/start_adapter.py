@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data_sources import DataError
+from training.data.sources import DataError
 
 log = logging.getLogger("train")
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from .data_files import DataError
-from .formats import Example
-from .tokenize import IGNORE_INDEX, Tokenized, tokenize_all
-from .vision_data import image_base, load_image
+from handlers.chat_templates import part_messages
+from training.data.files import DataError
+from training.data.formats import Example
+from training.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_all
+from training.data.vision import image_base, load_image
 
 log = logging.getLogger("train")
 # Keys of the processor's output that are not image tensors.
@@ -45,7 +46,7 @@ def load_processor(model_path: Path, trust_remote_code: bool = False):
     """The model's processor (image processor + tokenizer + chat template); ModelLoadError when it has none."""
     from transformers import AutoProcessor
 
-    from .modeling import ModelLoadError
+    from training.modeling import ModelLoadError
 
     try:
         processor = AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
@@ -62,12 +63,6 @@ def load_processor(model_path: Path, trust_remote_code: bool = False):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return processor
-
-
-def part_messages(messages: list[dict]) -> list[dict]:
-    """Every content as a list of parts: processors' templates iterate content parts."""
-    return [{**m, "content": [{"type": "text", "text": m.get("content") or ""}]} if not isinstance(m.get("content"),
-            list) else m for m in messages]
 
 
 def _render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -309,7 +304,7 @@ def sample_answers(model, model_path: Path, adapter_dir: Path, examples: list[Ex
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .report import SAMPLE_TOKENS
+    from training.report import SAMPLE_TOKENS
 
     processor = load_processor(model_path)
 

@@ -1,0 +1,430 @@
+"""Loading the model (with every served adapter) and generating with transformers' own machinery:
+`generate` in a worker thread, tokens handed back through a streamer and turned into text here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.adapter import AdapterInfo
+from core.errors import UserError
+from serving.engines.decoding import (
+    Detokenizer,
+    LogprobRecorder,
+    Piece,
+    TokenLogprob,
+    TokenStreamer,
+    bias_processor,
+    penalty_processor,
+)
+from serving.engines.gate import AdapterGate
+
+log = logging.getLogger("serve")
+BATCH_SLOTS = 32  # requests admitted at once when continuous batching is on (the rest queue)
+
+
+class LoadError(UserError, RuntimeError):
+    """The model cannot be loaded as asked; the message says why."""
+
+
+@dataclass
+class GenerationParams:
+    """Sampling settings of one request (already validated)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    keep_tokens: set[int] = field(default_factory=set)  # special tokens the caller must see (tool-call markers)
+    grammar: object | None = None  # response_format compiled by the engine's compile_format
+
+
+@dataclass
+class Generation:
+    """One request's output so far; `finish_reason` and token counts are set when it ends."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def _placement(device: str, dtype: str, quantization: str):
+    import torch
+
+    from core.system import resolve_device
+
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:
+        raise LoadError(str(exc)) from exc
+    if quantization != "none" and device != "cuda":
+        raise LoadError(f"--quantization {quantization} needs a CUDA GPU (bitsandbytes); this machine serves on the "
+                        f"{device.upper()}.")
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else ("bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported()
+                                                   else "float16")
+    return device, getattr(torch, dtype)
+
+
+class ModelEngine:
+    """The loaded model and tokenizer with every served adapter attached; `stream` yields the pieces of one
+    generation for one route (the base model or an adapter)."""
+
+    supports_logprobs = True
+    processor = None  # a multimodal model's processor (serving/images.py renders image chats with it)
+
+    def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
+                 max_concurrency: int = 1):
+        self.model, self.tokenizer, self.device, self.adapters = model, tokenizer, device, adapters
+        self.context_length = context_length
+        self.base_template = getattr(tokenizer, "chat_template", None)
+        self._gate = AdapterGate(max_concurrency, self._activate)
+        self._batcher = None  # batching.ContinuousBatcher when continuous batching is on
+        self._seed_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
+
+    def _count(self, key: str, delta: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += delta
+
+    @classmethod
+    def load(cls, model_path: Path, adapters: dict[str, AdapterInfo] | None = None, *, device: str = "auto",
+             dtype: str = "auto", quantization: str = "none", cpu_offload: bool = False,
+             trust_remote_code: bool = False, fallback_template: str | None = None,
+             max_concurrency: int = 0, threads: int | None = None, batching: str = "off") -> ModelEngine:
+        """Load weights (quantized/offloaded as asked), then attach every adapter (key -> adapter) to them.
+        `threads`: torch's CPU threads (default: torch's own choice). `batching` on/auto (auto: on CUDA):
+        concurrent requests share forward passes (serving/engines/batching.py); `max_concurrency` 0: 32 then, else 1."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        adapters = adapters or {}
+        device, torch_dtype = _placement(device, dtype, quantization)
+        if threads:
+            torch.set_num_threads(threads)
+        batched = batching == "on" or (batching == "auto" and device == "cuda" and not cpu_offload)
+        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if quantization != "none":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
+                                             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                                bnb_4bit_compute_dtype=torch_dtype))
+        if cpu_offload or quantization != "none":
+            kwargs["device_map"] = "auto" if cpu_offload else {"": 0}
+        from handlers import is_multimodal_dir
+
+        processor = None
+        try:
+            if is_multimodal_dir(model_path):
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                processor = AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+                tokenizer = processor.tokenizer
+                model = AutoModelForImageTextToText.from_pretrained(str(model_path), **kwargs)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise LoadError(f"Cannot load the model from {model_path}: {str(exc).splitlines()[0]}") from exc
+        if "device_map" not in kwargs:
+            model.to(device)
+        model = _attach_adapters(model, adapters)
+        if not getattr(tokenizer, "chat_template", None) and fallback_template:
+            tokenizer.chat_template = fallback_template
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.eval()
+        config = model.config.get_text_config()
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        if batched and processor is not None:  # image inputs go through generate; transformers' manager takes ids
+            log.warning("Continuous batching is not used for multimodal models.")
+            batched = False
+        max_concurrency = max_concurrency or (BATCH_SLOTS if batched else 1)
+        if device == "cpu" and max_concurrency > 1 and not batched:
+            log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
+                        "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",
+                        max_concurrency)
+        engine = cls(model, tokenizer, device, adapters, int(context), max_concurrency)
+        engine.processor = processor
+        if batched:
+            from serving.engines.batching import ContinuousBatcher
+
+            engine._batcher = ContinuousBatcher(model, _eos_ids(model, tokenizer), tokenizer.pad_token_id)
+            log.info("Continuous batching: up to %d requests share each forward pass.", max_concurrency)
+        return engine
+
+    def _activate(self, key: str | None) -> None:
+        """Make adapter `key` (None: none, the base model) the one the model computes with; nothing is generating."""
+        if not self.adapters:
+            return
+        if key is None:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(key)
+
+    def close(self) -> None:
+        """Stop background work (the continuous batcher's thread); the engine serves no more requests."""
+        if self._batcher is not None:
+            self._batcher.stop()
+
+    # --- prompts -----------------------------------------------------------------------------
+    def chat_template(self, key: str | None = None) -> str | None:
+        """The template of a route: the adapter's own (saved when training used a fallback), else the model's."""
+        adapter = self.adapters.get(key) if key else None
+        return (adapter.chat_template if adapter and adapter.chat_template else None) or self.base_template
+
+    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None,
+                    images: list | None = None) -> list[int]:
+        """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
+
+        Rendered as training renders it (training/data/tokenize.py): a template without tool support gets earlier tool
+        calls as `<tool_call>` text and tool results as user turns if it rejects the tool role; `tools` reach
+        templates that use them. ValueError when the template rejects the conversation.
+        """
+        from handlers.chat_templates import fold_tool_turns, normalise_messages
+
+        template = self.chat_template(key)
+        messages = normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
+        if self.processor is not None:  # multimodal: the processor renders and expands image tokens
+            from serving.images import processor_prompt
+
+            return processor_prompt(self, messages, images or [], template, tools)
+        extra = {"tools": tools} if tools and "tools" in (template or "") else {}
+        try:
+            text = self._render(messages, template, extra)
+        except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
+            folded = fold_tool_turns(messages)
+            if folded == messages:
+                raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
+            try:
+                text = self._render(folded, template, extra)
+            except Exception as again:
+                raise ValueError(f"The model's chat template rejected these messages: {again}") from again
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _render(self, messages: list[dict], template: str | None, extra: dict) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  chat_template=template, **extra)
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt)["input_ids"]
+
+    def compile_format(self, output):
+        """response_format (structured.StructuredOutput) compiled for this engine's generate: xgrammar's grammar;
+        structured.FormatError (a 400) when xgrammar is missing or rejects the schema."""
+        from serving.engines.structured import XGrammarCompiler
+
+        if getattr(self, "_formats", None) is None:
+            self._formats = XGrammarCompiler(self.tokenizer, self.model.config.get_text_config().vocab_size)
+        return self._formats.compile(output)
+
+    # --- generation --------------------------------------------------------------------------
+    def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation,
+               key: str | None = None) -> Iterator[Piece]:
+        """Pieces as they are generated with adapter `key` (None: the base model); waits for its turn first.
+        Setting `generation.cancel` stops it, also while it waits."""
+        self._count("waiting")
+        admitted = False
+        try:
+            with self._gate.admit(key, generation.cancel) as admitted:
+                self._count("waiting", -1)
+                if admitted:
+                    self._count("active")
+                    try:
+                        yield from self._generate(prompt_ids, params, generation)
+                    finally:
+                        self._count("active", -1)
+        finally:
+            if not admitted and generation.finish_reason is None:
+                generation.finish_reason = "cancelled"
+            cancelled = generation.finish_reason in (None, "cancelled")
+            self._count("cancelled" if cancelled else "completed")
+
+    def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        from serving.engines.batching import batchable
+
+        if self._batcher is not None and batchable(params) and not getattr(prompt_ids, "inputs", None):
+            yield from self._generate_batched(prompt_ids, params, generation)
+            return
+        yield from self._generate_alone(prompt_ids, params, generation)
+
+    def _generate_batched(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        """The request's tokens from the continuous batcher, as text pieces (what _generate_alone gives)."""
+        tokens = self._batcher.tokens(prompt_ids, params, generation.cancel)
+        state = {"count": 0, "last": None}
+
+        def pieces() -> Iterator[Piece]:
+            detokenizer = Detokenizer(self.tokenizer, params.keep_tokens)
+            for token in tokens:
+                state["count"], state["last"] = state["count"] + 1, token
+                text = detokenizer.add(token)
+                if text:
+                    yield Piece(text)
+            rest = detokenizer.flush()
+            if rest:
+                yield Piece(rest)
+
+        finished = False
+        try:
+            yield from _cut_at_stop(pieces(), params.stop, generation)
+            finished = True
+        finally:
+            if not finished:  # the consumer left early (client gone, Ctrl+C)
+                generation.cancel.set()
+            tokens.close()
+        generation.completion_tokens = state["count"]
+        _finish(generation, params, state["last"] in _eos_ids(self.model, self.tokenizer))
+
+    def _generate_alone(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
+        """One `generate` call for this request, in a worker thread."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return generation.cancel.is_set()
+
+        recorder = LogprobRecorder(self.tokenizer, params.top_logprobs) if params.logprobs else None
+        processors = [recorder.processor()] if recorder else []
+        if params.presence_penalty or params.frequency_penalty:
+            processors.append(penalty_processor(len(prompt_ids), params.presence_penalty, params.frequency_penalty))
+        if params.logit_bias:
+            processors.append(bias_processor(params.logit_bias))
+        if params.grammar is not None:  # last: nothing after it may make a token the grammar forbids likely again
+            from serving.engines.structured import xgrammar_processor
+
+            processors.append(xgrammar_processor(params.grammar))
+        streamer = TokenStreamer(recorder)
+        inputs = torch.tensor([prompt_ids], device=self.device if self.device != "auto" else "cpu")
+        sampling = params.temperature > 0
+        kwargs = dict(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=params.max_tokens,
+                      do_sample=sampling, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                      logits_processor=LogitsProcessorList(processors), pad_token_id=self.tokenizer.pad_token_id,
+                      return_dict_in_generate=True)
+        for name, value in getattr(prompt_ids, "inputs", {}).items():  # a multimodal prompt's image tensors
+            kwargs[name] = value.to(inputs.device)
+        if params.ignore_eos:
+            kwargs["min_new_tokens"] = params.max_tokens
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        result: dict = {}
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    if params.seed is not None:
+                        with self._seed_lock:
+                            torch.manual_seed(params.seed)
+                    result["output"] = self.model.generate(**kwargs)
+            except Exception as exc:  # reported to the request, never lost in the thread
+                result["error"] = exc
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="generate", daemon=True)
+        worker.start()
+        finished = False
+        try:
+            yield from _cut_at_stop(_pieces(streamer, Detokenizer(self.tokenizer, params.keep_tokens)), params.stop,
+                                    generation)
+            finished = True
+        finally:
+            if not finished:  # the consumer left early (client gone, Ctrl+C): stop generating
+                generation.cancel.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        sequence = result["output"].sequences[0]
+        generated = sequence[len(prompt_ids):]
+        generation.completion_tokens = int(generated.numel())
+        _finish(generation, params, bool(generated.numel()) and int(generated[-1]) in _eos_ids(self.model,
+                                                                                              self.tokenizer))
+
+
+def _finish(generation: Generation, params: GenerationParams, ended_with_eos: bool) -> None:
+    """finish_reason once generation ended, unless a stop string already set it."""
+    if generation.finish_reason is None and generation.cancel.is_set():
+        generation.finish_reason = "cancelled"  # the client left; nobody reads this answer
+    if generation.finish_reason is None:
+        ended = ended_with_eos or generation.completion_tokens < params.max_tokens
+        generation.finish_reason = "stop" if ended else "length"
+
+
+def _attach_adapters(model, adapters: dict[str, AdapterInfo]):
+    """The model with every adapter loaded under its key (one copy of the base weights, PEFT switches)."""
+    if not adapters:
+        return model
+    from peft import PeftModel
+
+    keys = iter(adapters)
+    first = next(keys)
+    model = PeftModel.from_pretrained(model, str(adapters[first].path), adapter_name=first)
+    for key in keys:
+        model.load_adapter(str(adapters[key].path), adapter_name=key)
+    model.set_adapter(first)
+    return model
+
+
+def _pieces(streamer: TokenStreamer, detokenizer: Detokenizer) -> Iterator[Piece]:
+    pending: list[TokenLogprob] = []
+    for token_id, entry in streamer:
+        if entry is not None and token_id not in detokenizer.skip:  # end-of-turn tokens are not part of the answer
+            pending.append(entry)
+        text = detokenizer.add(token_id)
+        if text:
+            yield Piece(text, pending)
+            pending = []
+    rest = detokenizer.flush()
+    if rest or pending:
+        yield Piece(rest, pending)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _cut_at_stop(pieces: Iterator[Piece], stops: list[str], generation: Generation) -> Iterator[Piece]:
+    """Pass pieces through, ending at the first stop string (never emitted); holds back possible stop prefixes.
+    Log-probabilities travel with the first text emitted after their tokens."""
+    if not stops:
+        yield from (p for p in pieces if p.text or p.logprobs)
+        return
+    hold = max(len(s) for s in stops) - 1
+    buffer, logprobs = "", []
+    for piece in pieces:
+        buffer += piece.text
+        logprobs += piece.logprobs
+        hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
+        if hits:
+            if buffer[: min(hits)]:
+                yield Piece(buffer[: min(hits)], logprobs)
+            generation.finish_reason = "stop"
+            generation.cancel.set()
+            for _ in pieces:  # drain what the worker still produces before it sees the cancel
+                pass
+            return
+        if len(buffer) > hold:
+            yield Piece(buffer[: len(buffer) - hold], logprobs)
+            buffer, logprobs = buffer[len(buffer) - hold:], []
+    if buffer or logprobs:
+        yield Piece(buffer, logprobs)
