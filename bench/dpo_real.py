@@ -96,7 +96,7 @@ def step_times(steps: int, batch: int) -> dict:
     from training.data.formats import examples_from_source
     from training.data.sources import SourceRecords
     from training.data.tokenize import tokenize_all
-    from training.preference import PreferenceObjective, compute_reference, tokenize_pairs
+    from training.objectives.dpo import PreferenceObjective, compute_reference, tokenize_pairs
 
     model_path = smollm2_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

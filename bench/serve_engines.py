@@ -109,8 +109,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model_dir
         if model_dir is None:
+            from export_helpers import add_adapter, install_local
             from real_model import smollm2_model_dir
-            from test_export import add_adapter, install_local
 
             model_dir = install_local(smollm2_model_dir(), Path(scratch) / "models", "smollm2")
             if args.adapter:

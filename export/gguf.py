@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.pipeline import Job, native_dtype
+from export.job import BYTES_PER_PARAMETER, ExportError, Job, native_dtype, parameters
+from export.merged import load_merged, save_merged
+from export.target import ExportTarget
 from llamacpp import converter as llamacpp
 from llamacpp.quantize import CONVERTER_TYPES, quantize_gguf
 
@@ -41,8 +43,6 @@ def convert_model(job: Job, dest: Path, staging: Path) -> None:
     converter = llamacpp.locate(job.llama_cpp, job.echo)  # before the slow merge: a missing converter fails fast
     source = job.model.weights
     if needs_merged_copy(job):
-        from export.merged import load_merged, save_merged
-
         # The vocabulary alone converts in seconds and meets the usual refusals (unknown architecture or
         # tokenizer) before a merge that takes minutes on a large model.
         job.echo(f"Checking that {llamacpp.HF_CONVERTER} knows this architecture and tokenizer ...")
@@ -75,6 +75,20 @@ def _sixteen_bit(job: Job) -> str:
     return "bf16" if native_dtype(job.model) == "bfloat16" else "f16"
 
 
+def model_gguf_bytes(job: Job) -> int:
+    """Disk space convert_model needs at its peak: the merged copy (when one is made), the 16-bit GGUF the
+    quantizer starts from (for the 4- to 6-bit types), and the result."""
+    count = parameters(job)
+    merged = count * (4 if intermediate_dtype(job) == "float32" else 2) if needs_merged_copy(job) else 0
+    sixteen_bit = count * 2 if job.outtype not in CONVERTER_TYPES else 0  # the quantizer's input
+    return int(merged + sixteen_bit + count * BYTES_PER_PARAMETER[job.outtype])
+
+
+def gguf_filename(job: Job) -> str:
+    """The model GGUF's name: <model>-<tag>-<outtype>.gguf."""
+    return f"{job.name}-{job.tag}-{job.outtype}.gguf"
+
+
 def write_gguf(job: Job, dest: Path, staging: Path) -> None:
     """The gguf export: one .gguf file for llama.cpp, LM Studio, Ollama and others."""
     convert_model(job, dest, staging)
@@ -88,3 +102,57 @@ def write_lora_gguf(job: Job, dest: Path, staging: Path) -> None:
     llamacpp.run(converter, llamacpp.LORA_CONVERTER,
                  [str(job.adapter.path), "--base", str(job.model.weights), "--outfile", str(dest),
                   "--outtype", job.outtype], _log_path(job, llamacpp.LORA_CONVERTER))
+
+
+class _GgufFile(ExportTarget):
+    """An export that is one .gguf file made by llama.cpp's converter; --out may also be a directory for it."""
+
+    gguf = True
+
+    def place(self, job: Job, out: Path) -> Path:
+        if out.is_dir():
+            return out / self.default_name(job)
+        if out.suffix != ".gguf":
+            raise ExportError(f"--out {out}: a GGUF file name ends in .gguf (or give an existing directory).")
+        return out
+
+    def is_earlier_export(self, path: Path) -> bool:
+        return path.is_file() and path.suffix == ".gguf"
+
+
+class GgufTarget(_GgufFile):
+    """--format gguf: the model (its adapter merged) as one GGUF file."""
+
+    name = "gguf"
+
+    def default_name(self, job: Job) -> str:
+        return gguf_filename(job)
+
+    def needed_bytes(self, job: Job) -> int:
+        return model_gguf_bytes(job)
+
+    def build(self, job: Job, dest: Path, staging: Path) -> None:
+        write_gguf(job, dest, staging)
+
+
+class LoraGgufTarget(_GgufFile):
+    """--format lora-gguf: the adapter alone as a GGUF LoRA."""
+
+    name = "lora-gguf"
+    outtypes = CONVERTER_TYPES
+    exports_adapter = True
+    merges_adapter = False
+
+    def refuse_outtype(self, outtype: str) -> str:
+        return (f"--format lora-gguf writes the adapter in {', '.join(CONVERTER_TYPES)}, not {outtype}; "
+                f"quantize the model instead with --format gguf --outtype {outtype}.")
+
+    def default_name(self, job: Job) -> str:
+        return f"{job.name}-lora-{job.outtype}.gguf" if job.tag == "tuned" else \
+            f"{job.name}-{job.tag}-lora-{job.outtype}.gguf"
+
+    def needed_bytes(self, job: Job) -> int:
+        return sum(p.stat().st_size for p in Path(job.adapter.path).glob("adapter_model.*")) * 2
+
+    def build(self, job: Job, dest: Path, staging: Path) -> None:
+        write_lora_gguf(job, dest, staging)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.pipeline import ExportError, Job, native_dtype
+from export.job import BYTES_PER_PARAMETER, TORCH_DTYPES, ExportError, Job, native_dtype, parameters
+from export.target import ExportTarget
 from handlers.chat_templates import stop_token_ids
 
 MAX_SHARD_SIZE = "5GB"
@@ -91,11 +92,32 @@ def save_merged(job: Job, model, tokenizer, dest: Path, dtype: str) -> None:
 def write_merged(job: Job, dest: Path) -> None:
     """The merged export: the adapter merged into the base weights, saved in --outtype (default: the base
     model's own dtype)."""
-    from export.pipeline import TORCH_DTYPES
-
     dtype = TORCH_DTYPES[job.outtype]
     # Merge in float32 when the result is float32 anyway; otherwise in the stored dtype (PEFT computes the
     # delta in float32 on the CPU), so a 16-bit model never needs twice its size in RAM.
     model, tokenizer = load_merged(job, "float32" if dtype == "float32" else native_dtype(job.model))
     job.echo(f"Writing the merged model ({dtype}) ...")
     save_merged(job, model, tokenizer, dest, dtype)
+
+
+class MergedTarget(ExportTarget):
+    """--format merged: a safetensors directory that plain transformers loads."""
+
+    name = "merged"
+    outtypes = tuple(TORCH_DTYPES)
+    default_outtype = None  # the base model's own dtype
+    exports_adapter = True
+    full_precision_hint = " (quantize it with --format gguf --outtype q8_0)."
+
+    def refuse_outtype(self, outtype: str) -> str:
+        return (f"--format merged writes safetensors in f32, f16 or bf16, not {outtype}; use --format gguf "
+                f"--outtype {outtype} for a quantized file.")
+
+    def default_name(self, job: Job) -> str:
+        return f"{job.name}-merged" if job.tag == "tuned" else f"{job.name}-{job.tag}-merged"
+
+    def needed_bytes(self, job: Job) -> int:
+        return int(parameters(job) * BYTES_PER_PARAMETER[job.outtype])
+
+    def build(self, job: Job, dest: Path, staging: Path) -> None:
+        write_merged(job, dest)

@@ -8,7 +8,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from export.pipeline import ExportError, Job
+from export.gguf import convert_model, gguf_filename, model_gguf_bytes
+from export.job import ExportError, Job
+from export.merged import chat_template
+from export.target import ExportTarget
 from handlers.chat_templates import FAMILIES, MISTRAL, TemplateFamily, family_of
 
 MODELFILE = "Modelfile"
@@ -74,12 +77,8 @@ def write_ollama(job: Job, dest: Path, staging: Path) -> None:
     """The ollama export: DIR/<name>.gguf and DIR/Modelfile."""
     from transformers import AutoTokenizer
 
-    from export.gguf import convert_model
-    from export.merged import chat_template
-    from export.pipeline import default_filename
-
     dest.mkdir()
-    gguf_name = default_filename(Job(job.model, job.info, "gguf", job.outtype, job.adapter, None, job.echo))
+    gguf_name = gguf_filename(job)
     convert_model(job, dest / gguf_name, staging)
     tokenizer = AutoTokenizer.from_pretrained(str(job.model.weights),
                                               trust_remote_code=bool(job.info.get("trust_remote_code")))
@@ -93,10 +92,8 @@ def write_ollama(job: Job, dest: Path, staging: Path) -> None:
     (dest / MODELFILE).write_text(modelfile(gguf_name, family, tokenizer, header), encoding="utf-8")
 
 
-def check_create(fmt: str, name: str) -> None:
-    """--create NAME is possible: the ollama format, a valid name and ollama on PATH (checked before exporting)."""
-    if fmt != "ollama":
-        raise ExportError("--create goes with --format ollama only.")
+def check_create(name: str) -> None:
+    """--create NAME is possible: a valid name and ollama on PATH (checked before exporting)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]*", name):
         raise ExportError(f"--create {name!r}: an Ollama model name has letters, digits and . _ : / - only.")
     if shutil.which("ollama") is None:
@@ -120,3 +117,26 @@ def offer_create(target: Path, create: str | None, job: Job) -> None:
         raise ExportError(f"ollama create {create} failed ({reason}); the export in {target} is complete: retry with "
                           f"{command.replace('NAME', create)}.")
     job.note(f"Created the Ollama model {create}: ollama run {create}")
+
+
+class OllamaTarget(ExportTarget):
+    """--format ollama: a directory with the model's GGUF and a Modelfile; --create NAME imports it."""
+
+    name = "ollama"
+    gguf = True
+    creates = True
+
+    def default_name(self, job: Job) -> str:
+        return f"{job.name}-ollama" if job.tag == "tuned" else f"{job.name}-{job.tag}-ollama"
+
+    def needed_bytes(self, job: Job) -> int:
+        return model_gguf_bytes(job)
+
+    def build(self, job: Job, dest: Path, staging: Path) -> None:
+        write_ollama(job, dest, staging)
+
+    def check_create(self, name: str) -> None:
+        check_create(name)
+
+    def after(self, job: Job, path: Path, create: str | None) -> None:
+        offer_create(path, create, job)

@@ -8,7 +8,8 @@ from handlers import handler_for_config
 from installer.estimate import memory_table, native_dtype, parameter_count
 from installer.install import needs_remote_code
 from installer.vision_info import vision_line, vision_summary
-from sources.base import read_metadata
+from llamacpp.gguf_reader import DEQUANTIZED_NOTE
+from sources.registry import read_metadata
 from sources.selection import select_files
 
 
@@ -56,8 +57,6 @@ def check_report(model: str, revision: str | None = None, trust_remote_code: boo
 
 
 def _gguf_report(info) -> dict:
-    from llamacpp.gguf_reader import DEQUANTIZED_NOTE
-
     return {"file": str(info.path), "architecture": info.architecture, "quantization": info.quantization,
             "file_bytes": info.file_bytes, "installs_as": info.dtype, "context_length": info.context_length,
             "license": info.license, "note": DEQUANTIZED_NOTE}

@@ -7,18 +7,21 @@ import json
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from core import __version__
+from core.errors import UserError
 from core.model_dir import ModelDir, installed_models
-from core.settings import DEVICES, DTYPES, QUANTIZATIONS, SettingsError, models_dir, validate_name
+from core.settings import DEVICES, DTYPES, QUANTIZATIONS, models_dir, validate_name
 from core.units import human_bytes, human_count
 from export.pipeline import FORMATS, OUTTYPES
-from core import __version__
 from installer.demo import DEFAULT_MODEL as DEMO_MODEL
 from installer.demo import RECIPES as DEMO_RECIPES
-from training.config import FORMATS as DATASET_FORMATS
+from training.data.formats import FORMATS as DATASET_FORMATS
 
 MODELS_DIR_OPTION = click.option(
     "--models-dir",
@@ -28,25 +31,30 @@ MODELS_DIR_OPTION = click.option(
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-def _user_errors():
-    """Exceptions that are the user's to fix: shown as one sentence, exit status 1."""
-    from core.errors import UserError
-
-    return UserError
+@contextmanager
+def reported(interrupted: str | None = None) -> Iterator[None]:
+    """The one error model of every command: a UserError (the user's to fix) becomes one sentence and exit
+    status 1; with `interrupted`, Ctrl+C prints that sentence and exits 130. Anything else is a bug and keeps
+    its traceback."""
+    try:
+        yield
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        click.echo(f"\n{interrupted}", err=True)
+        sys.exit(130)
 
 
 def _root(option: Path | None) -> Path:
-    try:
+    with reported():
         return models_dir(option)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _find_model(root: Path, name: str) -> ModelDir:
-    try:
+    with reported():
         validate_name(name)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
     model = ModelDir(root / name)
     if not (model.info_path.exists() or model.marker.exists()):
         known = ", ".join(m.root.name for m in installed_models(root)) or "none"
@@ -91,10 +99,8 @@ def check(model: str, revision: str | None, trust_remote_code: bool, as_json: bo
     """
     from installer.check import check_report, format_report
 
-    try:
+    with reported():
         report = check_report(model, revision, trust_remote_code)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -132,13 +138,8 @@ def install(model: str, models_dir: Path | None, force: bool, **options) -> None
     from installer.install import install as run_install
 
     root = _root(models_dir)
-    try:
+    with reported("Interrupted: run the same command again to resume."):
         result = run_install(InstallOptions(model=model, models_dir=root, force=force, **options), echo=click.echo)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted: run the same command again to resume.", err=True)
-        sys.exit(130)
     if result.already_installed:
         return
     info = result.info
@@ -169,13 +170,8 @@ def demo(model: str, models_dir: Path | None) -> None:
     """
     from installer.demo import run_demo
 
-    try:
+    with reported("Interrupted: the model directory is kept; run the demo again to redo the steps."):
         run_demo(model, _root(models_dir), echo=click.echo)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted: the model directory is kept; run the demo again to redo the steps.", err=True)
-        sys.exit(130)
 
 
 @cli.command(name="list")
@@ -287,12 +283,10 @@ def fix(target: str, fix_cuda: bool, models_dir: Path | None) -> None:
     from installer import fix as repair
 
     model = _model_arg(target, models_dir)
-    try:
+    with reported():
         repair.fix_model_dir(model, click.echo)
         if fix_cuda:
             repair.fix_cuda(click.echo)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @cli.command()
@@ -352,14 +346,9 @@ def export(target: str, fmt: str, out: Path | None, outtype: str | None, adapter
 
     model = _model_arg(target, models_dir)
     echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
-    try:
+    with reported("Interrupted: nothing was written."):
         result = export_model(model.root, fmt, out=out, outtype=outtype, adapter=adapter, no_lora=no_lora,
                               llama_cpp=llama_cpp, create=create, echo=echo)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted: nothing was written.", err=True)
-        sys.exit(130)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -399,13 +388,8 @@ def evaluate(target: str, models_dir: Path | None, as_json: bool, **options) -> 
 
     model = _model_arg(target, models_dir)
     echo = (lambda message: click.echo(message, err=True)) if as_json else click.echo
-    try:
+    with reported("Interrupted."):
         result = evaluate_installed(model.root, EvalOptions(**options), echo=echo)
-    except _user_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted.", err=True)
-        sys.exit(130)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -13,8 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.adapter import AdapterError, inspect_adapter
 from core.errors import UserError
 from core.model_dir import ModelDir
+from handlers import handler_for_config
+from handlers.chat_templates import ensure_chat_template
+from training.data.formats import examples_from_source, refuse_images
+from training.data.sources import DataError, load_sources
+from training.evaluate import compare, prepare
+from training.modeling import choose_placement, load_base_model, load_tokenizer
+from training.planning import choose_max_length
 
 SAMPLE_SEED = 42
 
@@ -47,8 +55,6 @@ def evaluate_installed(model_dir: Path, options: EvalOptions, echo: Callable[[st
     adapter = _choose_adapter(model, info, options)
     examples = _examples(options)
     config = json.loads((model.weights / "config.json").read_text(encoding="utf-8"))
-    from handlers import handler_for_config
-    from training.data.formats import refuse_images
 
     handler = handler_for_config(config)
     if not handler.multimodal:
@@ -61,7 +67,6 @@ def evaluate_installed(model_dir: Path, options: EvalOptions, echo: Callable[[st
     echo(f"Evaluating {len(data.items)} examples from {options.data} "
          f"({'base model only' if adapter is None else f'base and tuned ({adapter.path})'}) ...")
     loaded, device = _load(model, info, handler, adapter, options.device)
-    from training.evaluate import compare
 
     result = compare(loaded, tokenizer, data, base=not options.no_base, tuned=adapter is not None,
                      max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, device=device)
@@ -92,8 +97,6 @@ def _ready_info(model: ModelDir) -> dict:
 
 def _choose_adapter(model: ModelDir, info: dict, options: EvalOptions):
     """The adapter to compare with the base model (checked against it), or None with --no-lora."""
-    from core.adapter import AdapterError, inspect_adapter
-
     if options.no_lora:
         return None
     path = Path(options.adapter).expanduser().resolve() if options.adapter is not None else model.adapter
@@ -111,9 +114,6 @@ def _choose_adapter(model: ModelDir, info: dict, options: EvalOptions):
 
 def _examples(options: EvalOptions) -> list:
     """The examples of --data (every format train.sh reads), a seeded sample of --max-examples in file order."""
-    from training.data.formats import examples_from_source
-    from training.data.sources import DataError, load_sources
-
     examples = []
     for source in load_sources(options.data):
         examples += examples_from_source(source, options.dataset_format)
@@ -127,9 +127,6 @@ def _examples(options: EvalOptions) -> list:
 
 def _tokenizer(model: ModelDir, adapter, handler):
     """The tokenizer with the chat template the adapter was trained with (its own, the model's or the fallback)."""
-    from handlers.chat_templates import ensure_chat_template
-    from training.modeling import load_tokenizer
-
     tokenizer = load_tokenizer(model.weights)
     if adapter is not None and adapter.chat_template:
         tokenizer.chat_template = adapter.chat_template
@@ -139,10 +136,6 @@ def _tokenizer(model: ModelDir, adapter, handler):
 
 
 def _prepare(tokenizer, examples: list, handler, config: dict):
-    from training.data.sources import DataError
-    from training.evaluate import prepare
-    from training.planning import choose_max_length
-
     data = prepare(tokenizer, examples, choose_max_length(None, handler.max_sequence_length, config))
     if not data.items:
         raise DataError(f"None of the {len(examples)} examples has an answer left after truncation to the model's "
@@ -152,8 +145,6 @@ def _prepare(tokenizer, examples: list, handler, config: dict):
 
 def _load(model: ModelDir, info: dict, handler, adapter, device: str | None):
     """The base weights on the device (with the adapter attached when there is one) and the torch device."""
-    from training.modeling import choose_placement, load_base_model
-
     requested = device or (info.get("defaults") or {}).get("device") or "auto"
     placement = choose_placement(requested, handler)
     loaded = load_base_model(model.weights, placement, handler, "lora", False, info.get("trust_remote_code", False))

@@ -12,24 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import __version__
 from core.errors import UserError
 from core.model_dir import ModelDir, write_json_atomic
 from core.settings import directory_name, validate_name
 from core.system import free_disk_bytes
 from core.units import human_bytes
 from handlers import ModelHandler, handler_for_config
-from core import __version__
 from installer.estimate import native_dtype, parameter_count
 from installer.render import render_wrappers
-from sources.base import ModelMetadata, SourceError, local_metadata, read_metadata, source_kind
-from sources.fetch import (
-    build_builtin,
-    bytes_still_needed,
-    fetch_from_directory,
-    fetch_from_hub,
-    files_on_disk,
-    verify,
-)
+from installer.vision_info import vision_summary
+from llamacpp.gguf_reader import DTYPE_BYTES
+from sources import gguf as gguf_source
+from sources.base import ModelMetadata, Source
+from sources.fetch import bytes_still_needed, files_on_disk, verify
+from sources.registry import source_for
 from sources.selection import Selection, select_files
 
 DISK_MARGIN_BYTES = 256 * 1024**2
@@ -142,8 +139,6 @@ def _now() -> str:
 
 
 def _build_info(options, meta, handler, selection, records, extra) -> dict:
-    from installer.vision_info import vision_summary
-
     parameters, parameter_source = parameter_count(meta, options.trust_remote_code)
     return {
         "complete": True,
@@ -176,10 +171,10 @@ def _build_info(options, meta, handler, selection, records, extra) -> dict:
 def install(options: InstallOptions, echo: Callable[[str], None] = print) -> InstallResult:
     """Install (or resume installing) a model; returns where it went and its model_info."""
     started = time.monotonic()
-    kind = source_kind(options.model)
-    if options.gguf_file and kind != "hub":
+    source = source_for(options.model)
+    if options.gguf_file and not source.takes_gguf_file:
         raise InstallError("--gguf-file picks one file of a Hub repository (org/name); "
-                           f"{options.model} is a {kind} source.")
+                           f"{options.model} is a {source.name} source.")
     name = validate_name(options.name) if options.name else directory_name(options.model)
     model_dir = ModelDir(options.models_dir / name)
     if model_dir.status() == "ready" and not options.force:
@@ -189,12 +184,12 @@ def install(options: InstallOptions, echo: Callable[[str], None] = print) -> Ins
         echo(f"{options.model} is already installed in {model_dir.root} (use --force to reinstall).")
         return InstallResult(model_dir, previous, already_installed=True)
 
-    if _is_gguf(kind, options):
-        meta, fetch_mode, extra_info = _install_gguf(options, kind, model_dir, echo)
+    if source.is_gguf(options.model, options.gguf_file):
+        meta, fetch_mode, extra_info = _install_gguf(options, source, model_dir, echo)
         handler = handler_for_config(meta.config)
         selection = select_files(files_on_disk(model_dir.weights))
     else:
-        meta, handler, selection, fetch_mode = _install_files(options, kind, model_dir, echo)
+        meta, handler, selection, fetch_mode = _install_files(options, source, model_dir, echo)
         extra_info = {}
     records = verify(selection, model_dir.weights)
     extra = install_extra_requirements(handler, model_dir, echo)
@@ -205,23 +200,16 @@ def install(options: InstallOptions, echo: Callable[[str], None] = print) -> Ins
     return InstallResult(model_dir, info, seconds=time.monotonic() - started, fetch_mode=fetch_mode)
 
 
-def _is_gguf(kind: str, options: InstallOptions) -> bool:
-    from sources.builtin import PACKAGED
-
-    if kind == "builtin":
-        return options.model.split(":", 1)[1] in PACKAGED
-    return kind in ("gguf", "ollama") or bool(options.gguf_file)
-
-
 def _start(model_dir: ModelDir, options: InstallOptions) -> None:
     """Mark the directory incomplete until everything is verified (list shows it; resume knows it)."""
     model_dir.root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(model_dir.marker, {"source": options.model, "started_at": _now()})
 
 
-def _install_files(options, kind, model_dir, echo) -> tuple[ModelMetadata, ModelHandler, Selection, str]:
-    """Hub, local directory or built (tiny) built-in: the model's own files into model/."""
-    meta = None if kind == "builtin" else read_metadata(options.model, options.revision)
+def _install_files(options, source: Source, model_dir, echo) -> tuple[ModelMetadata, ModelHandler, Selection, str]:
+    """The model's own files into model/ (Hub download, local link or copy, or a built-in built here)."""
+    meta = source.metadata_before_fetch(options.model, options.revision)
+    selection = None
     if meta is not None:
         handler = handler_for_config(meta.config)
         check_compatible(options, meta, handler)
@@ -231,56 +219,42 @@ def _install_files(options, kind, model_dir, echo) -> tuple[ModelMetadata, Model
         echo(f"Installing {options.model} ({handler.name} handler) into {model_dir.root}: "
              f"{len(selection.files)} files, {human_bytes(needed)} to fetch.")
     _start(model_dir, options)
-    if kind == "builtin":
-        echo(f"Building {options.model} offline into {model_dir.root} ...")
-        build_builtin(options.model.split(":", 1)[1], model_dir.weights)
-        meta = local_metadata(model_dir.weights, source=options.model, kind="builtin")
-        meta.revision = f"llm-installer-{__version__}"
-        return meta, handler_for_config(meta.config), select_files(files_on_disk(model_dir.weights)), "built"
-    if kind == "local":
-        _validate_loadable(meta)
-        model_dir.weights.mkdir(parents=True, exist_ok=True)
-        return meta, handler, selection, fetch_from_directory(meta.local_path, selection, model_dir.weights, options.force)
-    fetch_from_hub(meta, selection, model_dir.weights, options.force)
-    return meta, handler, selection, "downloaded"
+    meta, fetch_mode = source.fetch(options.model, meta, selection, model_dir.weights, options.force, echo)
+    if selection is None:  # built here: what was built is what is installed
+        selection = select_files(files_on_disk(model_dir.weights))
+    return meta, handler_for_config(meta.config), selection, fetch_mode
 
 
-def _install_gguf(options, kind, model_dir, echo) -> tuple[ModelMetadata, str, dict]:
-    """A GGUF source: resolve it, check it, convert it to safetensors in model/ (see gguf_source)."""
-    from sources import gguf as gguf_source
-
-    source = gguf_source.resolve(options.model, kind, options.gguf_file, options.revision, echo=echo)
-    if source.path is not None:  # local, Ollama or packaged: check everything before creating anything
-        info = gguf_source.read_checked(source.path)
-        _check_compatible_gguf(options, source, info)
+def _install_gguf(options, source: Source, model_dir, echo) -> tuple[ModelMetadata, str, dict]:
+    """A GGUF source: resolve it, check it, convert it to safetensors in model/ (see sources/gguf.py)."""
+    found = source.resolve_gguf(options.model, options.gguf_file, options.revision, echo)
+    if found.path is not None:  # local, Ollama or packaged: check everything before creating anything
+        info = gguf_source.read_checked(found.path)
+        _check_compatible_gguf(options, found, info)
         _check_conversion_disk(info, model_dir, 0)
         _start(model_dir, options)
     else:
-        _check_conversion_disk(None, model_dir, source.hub_file.size)
+        _check_conversion_disk(None, model_dir, found.hub_file.size)
         _start(model_dir, options)
-        echo(f"Downloading {source.hub_file.path} ({human_bytes(source.hub_file.size)}) from {options.model} ...")
-        info = gguf_source.read_checked(gguf_source.fetch_hub_file(source, model_dir.root))
-        _check_compatible_gguf(options, source, info)
+        echo(f"Downloading {found.hub_file.path} ({human_bytes(found.hub_file.size)}) from {options.model} ...")
+        info = gguf_source.read_checked(gguf_source.fetch_hub_file(found, model_dir.root))
+        _check_compatible_gguf(options, found, info)
         _check_conversion_disk(info, model_dir, 0)
     echo(f"Installing {options.model} ({info.architecture} GGUF, {info.quantization}, "
          f"{human_bytes(info.file_bytes)}) into {model_dir.root}.")
     gguf_source.convert_into(info, model_dir.weights, echo)
     shutil.rmtree(model_dir.root / gguf_source.HUB_DOWNLOAD_SUBDIR, ignore_errors=True)
-    meta = gguf_source.converted_metadata(source, info, model_dir.weights)
-    return meta, "converted from GGUF", gguf_source.gguf_record(source, info)
+    meta = gguf_source.converted_metadata(found, info, model_dir.weights)
+    return meta, "converted from GGUF", gguf_source.gguf_record(found, info)
 
 
 def _check_compatible_gguf(options: InstallOptions, source, info) -> None:
-    from sources import gguf as gguf_source
-
     meta = gguf_source.metadata(source, info)
     check_compatible(options, meta, handler_for_config(meta.config))
 
 
 def _check_conversion_disk(info, model_dir: ModelDir, download_bytes: int) -> None:
     """Room for the download (Hub) or for the dequantized safetensors (parameters x bytes of their dtype)."""
-    from llamacpp.gguf_reader import DTYPE_BYTES
-
     needed = download_bytes if info is None else info.parameters * DTYPE_BYTES[info.dtype]
     free = free_disk_bytes(model_dir.root)
     if needed + DISK_MARGIN_BYTES > free:
@@ -288,20 +262,6 @@ def _check_conversion_disk(info, model_dir: ModelDir, download_bytes: int) -> No
             f"Not enough disk space in {model_dir.root.parent}: need {human_bytes(needed + DISK_MARGIN_BYTES)}, "
             f"{human_bytes(free)} free."
         )
-
-
-def _validate_loadable(meta: ModelMetadata) -> None:
-    """A local source must parse as a transformers config and have a tokenizer."""
-    try:
-        from transformers import AutoConfig
-
-        AutoConfig.from_pretrained(str(meta.local_path), trust_remote_code=False)
-    except Exception as exc:
-        if "trust_remote_code" not in str(exc):
-            raise SourceError(f"{meta.local_path} is not a loadable model: {str(exc).splitlines()[0]}") from exc
-    names = {f.path for f in meta.files}
-    if not names & {"tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"}:
-        raise SourceError(f"{meta.local_path} has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json).")
 
 
 def model_info_json(model_dir: ModelDir) -> str:

@@ -14,9 +14,9 @@ import stat
 import sys
 from pathlib import Path
 
+from core import __version__
 from core.model_dir import ModelDir
 from core.settings import INSTALLER_HOME
-from core import __version__
 
 TEMPLATES_DIR = INSTALLER_HOME / "templates"
 WRAPPERS = {"train.sh": "train.sh.j2", "start.sh": "start.sh.j2", "train_lora.py": "train_lora.py.j2"}

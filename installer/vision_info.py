@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from core.units import human_count
+
 
 def _meta_model(config: dict, trust_remote_code: bool):
     from accelerate import init_empty_weights
@@ -48,7 +50,6 @@ def vision_line(summary: dict | None) -> str | None:
     """The `check`/`install` sentence about the vision tower (None for text models)."""
     if summary is None:
         return None
-    from core.units import human_count
 
     count = summary["vision_tower_parameters"]
     tower = f"vision tower {human_count(count)} parameters" if count is not None else "vision tower"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sources.base import SourceError
+from core.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
 DEQUANTIZED_NOTE = (
@@ -26,7 +26,7 @@ EIGHT_BIT_TYPES = ("Q8_0", "Q8_1", "Q8_K")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-class GGUFError(SourceError):
+class GGUFError(UserError, ValueError):
     """A GGUF file that cannot be installed; the message says why in one sentence."""
 
 

@@ -16,7 +16,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from serving.completions import Job, chat_completion, chat_events, text_completion, text_events
-from serving.engines.transformers_engine import GenerationParams, ModelEngine
+from serving.engines.base import Engine, GenerationParams
 from serving.images import template_messages
 from serving.protocol import ApiError, ChatRequest, CompletionRequest
 from serving.router import Router
@@ -38,7 +38,7 @@ class ServerState:
     loopback: bool = True
     max_body_bytes: int = 1_000_000
     allow_remote_images: bool = False
-    engine: ModelEngine | None = None
+    engine: Engine | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -146,8 +146,7 @@ def create_app(state: ServerState):
             raise ApiError(400, "messages needs at least one user message.", "messages", "no_user_message")
         tools = body.active_tools
         try:
-            with_images = (images,) if images else ()  # engines without image support take three arguments
-            prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools, *with_images)
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools, images)
         except ValueError as exc:
             raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
         params = _params(body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
@@ -228,20 +227,20 @@ def _validated(model_class, data: dict):
                        "invalid_value") from exc
 
 
-def _ready(state: ServerState) -> ModelEngine:
+def _ready(state: ServerState) -> Engine:
     if state.engine is None:
         raise ApiError(503, state.load_error or "The model is still loading; retry when /health says ok.",
                        code="model_loading", kind="server_error")
     return state.engine
 
 
-def _check_logprobs(engine: ModelEngine, params: GenerationParams) -> None:
+def _check_logprobs(engine: Engine, params: GenerationParams) -> None:
     if params.logprobs and not engine.supports_logprobs:
-        raise ApiError(400, "logprobs are not available with --engine llama.cpp; serve with the default "
+        raise ApiError(400, f"logprobs are not available with --engine {engine.name}; serve with the default "
                             "--engine transformers for them.", "logprobs", "unsupported_parameter")
 
 
-async def _response_format(engine: ModelEngine, response_format):
+async def _response_format(engine: Engine, response_format):
     """The engine's compiled constraint for response_format json_object/json_schema (None for text); 400 when the
     engine cannot enforce it."""
     from serving.engines.structured import FormatError, structured_output
@@ -253,7 +252,7 @@ async def _response_format(engine: ModelEngine, response_format):
         raise ApiError(400, str(exc), "response_format", "unsupported_parameter") from exc
 
 
-def _params(body, engine: ModelEngine, prompt_tokens: int, asked: int | None, default: int,
+def _params(body, engine: Engine, prompt_tokens: int, asked: int | None, default: int,
             prompt_param: str) -> GenerationParams:
     room = engine.context_length - prompt_tokens
     if room < 1:

@@ -1,8 +1,10 @@
-"""start.sh's entry: check the adapter, then serve (or chat in the terminal, or hand over to vLLM)."""
+"""start.sh's entry: check the adapter, then serve (or chat in the terminal, or hand over to vLLM).
+
+The engine is the registry's entry for --engine (serving/engines/registry.py): an Engine loaded here and served by
+serving/app.py (or --chat), or a hand-off to another server."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -13,38 +15,17 @@ from pathlib import Path
 from core.adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
 from core.errors import UserError
 from serving.config import ServeConfig, ServeConfigError, parse_config
+from serving.engines.base import Engine
+from serving.engines.registry import ENGINES
 from serving.router import Router
 
 log = logging.getLogger("serve")
 
 
-def _fallback_template(model_path: Path) -> str | None:
-    from handlers import handler_for_config
-
-    try:
-        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return handler_for_config(config).chat_template_fallback
-
-
-def load_engine(cfg: ServeConfig, router: Router):
-    """The ModelEngine for this configuration with every adapter of `router` attached (blocking)."""
-    from serving.engines.transformers_engine import ModelEngine
-
-    model_path = Path(cfg.model_dir) / "model"
+def load_engine(cfg: ServeConfig, router: Router) -> Engine:
+    """The engine of this configuration with every adapter of `router` attached (blocking)."""
     adapters = {route.key: route.adapter for route in router.adapters}
-    trust_remote_code = bool(cfg.model_info.get("trust_remote_code"))
-    if cfg.engine == "llama.cpp":
-        from serving.engines.llamacpp_engine import LlamaCppEngine
-
-        return LlamaCppEngine.load(Path(cfg.model_dir), adapters, trust_remote_code=trust_remote_code,
-                                   fallback_template=_fallback_template(model_path), threads=cfg.threads or None,
-                                   quant=cfg.gguf_quant)
-    return ModelEngine.load(model_path, adapters, device=cfg.device, dtype=cfg.dtype, quantization=cfg.quantization,
-                            cpu_offload=cfg.cpu_offload, trust_remote_code=bool(cfg.model_info.get(
-                                "trust_remote_code")), fallback_template=_fallback_template(model_path),
-                            max_concurrency=cfg.max_concurrency, threads=cfg.threads or None, batching=cfg.batching)
+    return ENGINES[cfg.engine].engine_class().load(cfg, adapters)
 
 
 def resolve_adapter(cfg: ServeConfig) -> AdapterInfo | None:
@@ -135,14 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(cfg.model_dir) / "model" / "config.json").is_file():
             raise ServeConfigError(f"No installed model in {cfg.model_dir} (model/config.json missing).")
         router = build_router(cfg, resolve_adapter(cfg))
-        if cfg.engine == "llama.cpp":
-            from serving.engines.llamacpp_engine import require_llama_cpp
-
-            require_llama_cpp()  # one sentence now, not a failed load behind a running server
-        if cfg.engine == "vllm":
-            from serving.engines.vllm_engine import exec_vllm
-
-            return exec_vllm(cfg, router)
+        entry = ENGINES[cfg.engine]
+        if entry.hands_off:  # vLLM: its own server replaces this process
+            return entry.run_hand_off(cfg, router)
+        entry.engine_class().check_available()  # one sentence now, not a failed load behind a running server
         if cfg.chat:
             from serving.terminal import chat_loop
 

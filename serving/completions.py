@@ -11,8 +11,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
+from serving.engines.base import Engine, Generation, GenerationParams
 from serving.engines.decoding import Piece, TokenLogprob
-from serving.engines.transformers_engine import Generation, GenerationParams
 from serving.protocol import (
     SEED_RANGE,
     ApiError,
@@ -34,7 +34,7 @@ log = logging.getLogger("serve")
 class Job:
     """One request, ready to run: the engine, the adapter key of its route, the prompt and the settings."""
 
-    engine: object
+    engine: Engine
     key: str | None
     model: str
     prompt: list[int]

@@ -11,17 +11,13 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from core.errors import UserError
 from core.settings import DEVICES, DTYPES, QUANTIZATIONS
 from llamacpp.quantize import GGUF_TYPES
+from serving.engines.base import ServeConfigError
+from serving.engines.registry import DEFAULT_ENGINE, ENGINE_NAMES, engine_help
 
-ENGINES = ("transformers", "llama.cpp", "vllm")
 BATCHING = ("auto", "on", "off")
 DEFAULT_MAX_BODY_BYTES = 1_000_000
-
-
-class ServeConfigError(UserError, ValueError):
-    """A flag value the user must fix."""
 
 
 def _opt(help_text: str, default=MISSING, **extra):
@@ -49,9 +45,7 @@ class ServeConfig:
                                 "a queue.", 0)
     batching: str = _opt("Continuous batching of concurrent requests (transformers engine): auto = on a CUDA GPU "
                          "(on the CPU it helps many clients and slows a lone one).", "auto", choices=BATCHING)
-    engine: str = _opt("Inference engine (default transformers). llama.cpp: several times faster on a CPU (GGUF made "
-                       "on first use; install it with ./llm-installer setup --engine llama.cpp); vllm: GPU "
-                       "production server (vLLM installed).", "transformers", choices=ENGINES)
+    engine: str = _opt(engine_help(), DEFAULT_ENGINE, choices=ENGINE_NAMES)
     gguf_quant: str | None = _opt("Type of the base model's GGUF served by --engine llama.cpp, made once and cached "
                                   "(default q4_k_m, or q4_1 for models whose widths are not multiples of 256; "
                                   "q8_0: closest to full precision).", None, choices=GGUF_TYPES)

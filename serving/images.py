@@ -1,5 +1,6 @@
 """Images in chat requests: OpenAI `image_url` content parts, decoded and checked against the limits below,
-then rendered with the model's processor (its chat template and image token expansion).
+then rendered with the model's processor (its chat template and image token expansion) by the engine
+(serving/engines/multimodal.py).
 
 Limits (one place; docs/serving.md quotes them):
 - an image is a `data:image/...;base64,` URL of at most MAX_IMAGE_BYTES decoded bytes and MAX_IMAGE_PIXELS
@@ -26,14 +27,6 @@ MAX_REQUEST_IMAGE_BYTES = 20 * 2**20
 MULTIMODAL_BODY_BYTES = 28_000_000  # 20 MiB of images as base64 (4/3) plus the text
 REMOTE_TIMEOUT_S = 10
 IMAGE_PART_TYPES = ("image_url", "image")
-
-
-class PromptIds(list):
-    """A prompt's token ids (a list, as every caller expects) with the processor's image tensors for `generate`."""
-
-    def __init__(self, ids, inputs: dict | None = None):
-        super().__init__(ids)
-        self.inputs = inputs or {}
 
 
 def body_limit(configured: int, default: int, model_path: Path) -> int:
@@ -137,32 +130,6 @@ def decode_image(url: str | None, where: str, allow_remote: bool = False):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ApiError(400, "The image cannot be decoded (PNG, JPEG, WebP, GIF, BMP ... are accepted).", where,
                        "invalid_image") from exc
-
-
-def processor_prompt(engine, messages: list[dict], images: list, template: str | None,
-                     tools: list[dict] | None = None) -> PromptIds:
-    """The token ids of a conversation rendered by the processor (image tokens expanded) with its image tensors."""
-    from handlers.chat_templates import part_messages
-
-    processor = engine.processor
-    extra = {"tools": tools} if tools and "tools" in (template or "") else {}
-    try:
-        text = processor.apply_chat_template(part_messages(messages), chat_template=template, tokenize=False,
-                                             add_generation_prompt=True, **extra)
-    except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
-        raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
-    placeholders = sum(1 for m in messages if isinstance(m["content"], list) for p in m["content"]
-                       if p["type"] == "image")
-    if placeholders != len(images):
-        raise ValueError(f"{placeholders} image places in the conversation for {len(images)} images.")
-    if not images:
-        return PromptIds(processor.tokenizer(text)["input_ids"])  # as training tokenizes (training/vision.py)
-    try:
-        output = processor(text=[text], images=images, return_tensors="pt")
-    except ValueError as exc:
-        raise ValueError(f"The model's processor rejected the images: {str(exc).splitlines()[0]}") from exc
-    inputs = {key: value for key, value in output.items() if key not in ("input_ids", "attention_mask")}
-    return PromptIds(output["input_ids"][0].tolist(), inputs)
 
 
 def load_image_file(path: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from serving.engines.transformers_engine import Generation, GenerationParams, ModelEngine
+from serving.engines.base import Engine, Generation, GenerationParams
 from serving.protocol import ApiError
 from serving.router import Route, Router
 
@@ -17,7 +17,7 @@ def _describe(route: Route) -> str:
     return f"{route.model_id} (adapter {route.adapter.path})" if route.adapter else f"{route.model_id} (base model)"
 
 
-def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO, temperature: float = 0.7) -> int:
+def chat_loop(engine: Engine, router: Router, stdin: TextIO, stdout: TextIO, temperature: float = 0.7) -> int:
     """Read lines until EOF or /exit; keep the conversation; print each answer as it streams."""
     route = router.default
     print(f"Chatting with {_describe(route)}. {HELP}", file=stdout, flush=True)
@@ -66,8 +66,7 @@ def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO
         history.append({"role": "user", "content": content})
         images += attached
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        prompt = engine.chat_prompt(messages, route.key, None, images) if images else engine.chat_prompt(messages,
-                                                                                                        route.key)
+        prompt = engine.chat_prompt(messages, route.key, None, images)
         room = engine.context_length - len(prompt)
         if room < 1:
             history.pop()
@@ -88,7 +87,7 @@ def chat_loop(engine: ModelEngine, router: Router, stdin: TextIO, stdout: TextIO
         history.append({"role": "assistant", "content": "".join(pieces)})
 
 
-def _attach(engine: ModelEngine, path: str, attached: list) -> str:
+def _attach(engine: Engine, path: str, attached: list) -> str:
     """Load the image at `path` for the next message; the sentence to show."""
     if getattr(engine, "processor", None) is None:
         return "this model is text-only: it cannot read images"

@@ -8,15 +8,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import __version__
 from core.settings import INSTALLER_HOME
 from handlers import CHATML_TEMPLATE
-from sources.base import ModelMetadata, SourceError, local_metadata
-from sources.packaged import PackagedFile
+from sources.base import ModelMetadata, Source, SourceError
+from sources.fetch import remove_stale_staging
+from sources.gguf import GGUFSource, gguf_metadata
+from sources.local import local_metadata
+from sources.packaged import PackagedFile, locate
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 CORPUS_GLOBS = ("examples/data/*", "sources/builtin_corpus.txt")
@@ -166,3 +172,64 @@ def builtin_metadata(name: str) -> ModelMetadata:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.local_path = None
     return meta
+
+
+def build_builtin(name: str, target: Path) -> None:
+    """Build a built-in model next to `target`, then move it into place."""
+    remove_stale_staging(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=target.parent))
+    try:
+        build(name, staging)
+        staging.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _packaged(model: str, echo: Callable[[str], None]) -> GGUFSource:
+    entry = PACKAGED[model.split(":", 1)[1]]
+    found = locate(entry.file, echo=echo)
+    provenance = {
+        "origin": f"PyPI package {entry.file.package} {found.version} ({found.origin}), file {entry.file.member}",
+        "upstream": entry.upstream,
+        "license": entry.license,
+    }
+    return GGUFSource(model, "builtin", found.path, f"{entry.file.package}-{found.version}", provenance)
+
+
+class BuiltinSource(Source):
+    """`builtin:NAME`: a toy built offline in seconds, or a real model packaged as a GGUF in a PyPI wheel."""
+
+    name = "builtin"
+
+    def claims(self, model: str) -> bool:
+        return model.startswith("builtin:")
+
+    def check(self, model: str) -> None:
+        check_name(model.split(":", 1)[1])
+
+    def metadata(self, model: str, revision: str | None = None) -> ModelMetadata:
+        if self.is_gguf(model):
+            return gguf_metadata(self.resolve_gguf(model, None, revision, print))
+        return builtin_metadata(model.split(":", 1)[1])
+
+    def is_gguf(self, model: str, gguf_file: str | None = None) -> bool:
+        return model.split(":", 1)[1] in PACKAGED
+
+    def resolve_gguf(self, model, gguf_file, revision, echo: Callable[[str], None]) -> GGUFSource:
+        return _packaged(model, echo)
+
+    def metadata_before_fetch(self, model: str, revision: str | None) -> ModelMetadata | None:
+        return None  # built here: nothing to check before building
+
+    def fetch(self, model, meta, selection, weights, force, echo):
+        echo(f"Building {model} offline into {weights.parent} ...")
+        build_builtin(model.split(":", 1)[1], weights)
+        meta = local_metadata(weights, source=model, kind="builtin")
+        meta.revision = f"llm-installer-{__version__}"
+        return meta, "built"
+
+
+SOURCE = BuiltinSource()

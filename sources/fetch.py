@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from core.errors import UserError
@@ -92,22 +91,6 @@ def remove_stale_staging(parent: Path, prefix: str = ".builtin-") -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
         except OSError:
             continue
-
-
-def build_builtin(name: str, target: Path) -> None:
-    """Build a built-in model next to `target`, then move it into place."""
-    from sources.builtin import build
-
-    remove_stale_staging(target.parent)
-    staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=target.parent))
-    try:
-        build(name, staging)
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def verify(selection: Selection, target: Path) -> list[dict]:

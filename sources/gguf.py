@@ -10,8 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamacpp.gguf_reader import DEQUANTIZED_NOTE, GGUFInfo, check_supported, convert_gguf, read_gguf_info
-from sources.base import ModelMetadata, RepoFile, SourceError, local_metadata
+from llamacpp.gguf_reader import DEQUANTIZED_NOTE, GGUFInfo, check_supported, convert_gguf, read_gguf_info, transformers_config
+from sources.base import ModelMetadata, RepoFile, Source, SourceError, shown
+from sources.fetch import fetch_from_hub, verify
+from sources.local import local_metadata
+from sources.selection import Selection
 
 HUB_DOWNLOAD_SUBDIR = ".gguf-download"
 
@@ -28,67 +31,40 @@ class GGUFSource:
     hub_file: RepoFile | None = None
 
 
-def is_gguf_path(model: str) -> bool:
-    """Whether a MODEL argument names a GGUF file (existing or not) rather than a directory or Hub id."""
-    return model.lower().endswith(".gguf") or os.path.isfile(os.path.expanduser(model))
+class GGUFFileSource(Source):
+    """A local .gguf file."""
+
+    name = "gguf"
+
+    def claims(self, model: str) -> bool:
+        """A GGUF file (existing or not) rather than a directory or Hub id."""
+        return model.lower().endswith(".gguf") or os.path.isfile(os.path.expanduser(model))
+
+    def check(self, model: str) -> None:
+        if not os.path.isfile(os.path.expanduser(model)):
+            raise SourceError(f"No such GGUF file: {shown(model)}")
+
+    def metadata(self, model: str, revision: str | None = None) -> ModelMetadata:
+        return gguf_metadata(self.resolve_gguf(model, None, revision, print))
+
+    def is_gguf(self, model: str, gguf_file: str | None = None) -> bool:
+        return True
+
+    def resolve_gguf(self, model, gguf_file, revision, echo: Callable[[str], None]) -> GGUFSource:
+        path = Path(model).expanduser().resolve()
+        return GGUFSource(model, "gguf", path, None, {"origin": f"GGUF file {path}"})
 
 
-def resolve(model: str, kind: str, gguf_file: str | None = None, revision: str | None = None,
-            echo: Callable[[str], None] = print) -> GGUFSource:
-    """The GGUF behind `model`; downloads nothing into the models directory (a packaged built-in may
-    be fetched into the cache)."""
-    if kind == "builtin":
-        return _packaged(model, echo)
-    if kind == "ollama":
-        from sources.ollama import resolve as resolve_ollama
-
-        found = resolve_ollama(model.split(":", 1)[1])
-        provenance = {"origin": f"Ollama store ({found.reference})", "ollama_digest": found.digest}
-        if found.license:
-            provenance["license"] = found.license
-        return GGUFSource(model, "ollama", found.blob, found.digest, provenance)
-    if kind == "hub":
-        return _hub(model, gguf_file, revision)
-    path = Path(model).expanduser().resolve()
-    return GGUFSource(model, "gguf", path, None, {"origin": f"GGUF file {path}"})
+SOURCE = GGUFFileSource()
 
 
-def _packaged(model: str, echo: Callable[[str], None]) -> GGUFSource:
-    from sources.builtin import PACKAGED
-    from sources.packaged import locate
-
-    entry = PACKAGED[model.split(":", 1)[1]]
-    found = locate(entry.file, echo=echo)
-    provenance = {
-        "origin": f"PyPI package {entry.file.package} {found.version} ({found.origin}), file {entry.file.member}",
-        "upstream": entry.upstream,
-        "license": entry.license,
-    }
-    return GGUFSource(model, "builtin", found.path, f"{entry.file.package}-{found.version}", provenance)
-
-
-def _hub(repo_id: str, gguf_file: str | None, revision: str | None) -> GGUFSource:
-    from huggingface_hub import HfApi
-
-    from sources.hub_errors import hub_errors, hub_kwargs
-
-    api = HfApi(endpoint=hub_kwargs()["endpoint"], token=os.environ.get("HF_TOKEN") or None)
-    with hub_errors(repo_id, revision):
-        info = api.model_info(repo_id, revision=revision, files_metadata=True)
-    files = {s.rfilename: RepoFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None)
-             for s in info.siblings or []}
-    if gguf_file not in files:
-        available = sorted(name for name in files if name.lower().endswith(".gguf"))
-        choice = f"it has: {', '.join(available)}" if available else "it has no GGUF files"
-        raise SourceError(f"{repo_id} has no file {gguf_file} ({choice}).")
-    provenance = {"origin": f"Hub repository {repo_id}, file {gguf_file}"}
-    return GGUFSource(repo_id, "hub", None, info.sha, provenance, hub_file=files[gguf_file])
+def gguf_metadata(source: GGUFSource) -> ModelMetadata:
+    """Metadata of a resolved GGUF on disk, from its checked header."""
+    return metadata(source, read_checked(source.path))
 
 
 def metadata(source: GGUFSource, info: GGUFInfo) -> ModelMetadata:
     """What `check` and `install` know before converting: the GGUF header and the config it implies."""
-    from llamacpp.gguf_reader import transformers_config
-
     config = transformers_config(info)
     meta = ModelMetadata(
         source=source.source, kind=source.kind, config=config,
@@ -100,9 +76,6 @@ def metadata(source: GGUFSource, info: GGUFInfo) -> ModelMetadata:
 
 def fetch_hub_file(source: GGUFSource, root: Path) -> Path:
     """Download (or resume) the Hub GGUF into <root>/.gguf-download through the Hub download code, verified."""
-    from sources.fetch import fetch_from_hub, verify
-    from sources.selection import Selection
-
     target = root / HUB_DOWNLOAD_SUBDIR
     target.mkdir(parents=True, exist_ok=True)
     selection = Selection(files=[source.hub_file], pickle_only=False)

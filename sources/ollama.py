@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sources.base import SourceError
+from sources.base import ModelMetadata, Source, SourceError
+from sources.gguf import GGUFSource, gguf_metadata
 
 OLLAMA_MODELS_ENV = "OLLAMA_MODELS"
 DEFAULT_STORE = Path("~/.ollama/models")
@@ -111,3 +112,31 @@ def _license(root: Path, layer: dict | None) -> str | None:
             if line.strip():
                 return line.strip()[:200]
     return None
+
+
+class OllamaSource(Source):
+    """`ollama:NAME[:TAG]`: a model already pulled into the local Ollama store (read-only)."""
+
+    name = "ollama"
+
+    def claims(self, model: str) -> bool:
+        return model.startswith("ollama:")
+
+    def check(self, model: str) -> None:
+        parse_name(model.split(":", 1)[1])
+
+    def metadata(self, model: str, revision: str | None = None) -> ModelMetadata:
+        return gguf_metadata(self.resolve_gguf(model, None, revision, print))
+
+    def is_gguf(self, model: str, gguf_file: str | None = None) -> bool:
+        return True
+
+    def resolve_gguf(self, model, gguf_file, revision, echo) -> GGUFSource:
+        found = resolve(model.split(":", 1)[1])
+        provenance = {"origin": f"Ollama store ({found.reference})", "ollama_digest": found.digest}
+        if found.license:
+            provenance["license"] = found.license
+        return GGUFSource(model, "ollama", found.blob, found.digest, provenance)
+
+
+SOURCE = OllamaSource()

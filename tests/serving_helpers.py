@@ -55,7 +55,7 @@ def load_state(model_dir, *, lora: bool = True, api_key: str | None = None, max_
 
 
 class ScriptedEngine:
-    """Stands in for ModelEngine where what matters is what the server does with the model's text: `stream`
+    """Stands in for an Engine where what matters is what the server does with the model's text: `stream`
     yields `script` (a string, or a function of the rendered messages) in small pieces."""
 
     def __init__(self, script, context_length: int = 4096):
@@ -71,7 +71,7 @@ class ScriptedEngine:
     def chat_template(self, key=None):
         return self.base_template
 
-    def chat_prompt(self, messages, key=None, tools=None):
+    def chat_prompt(self, messages, key=None, tools=None, images=None):
         self.prompts.append((messages, tools))
         return [1, 2, 3]
 
@@ -95,3 +95,73 @@ class _ScriptedTokenizer:
 
     def get_vocab(self):
         return {}
+
+
+# --- ./start.sh as a subprocess, and the chat page in headless Chromium -----------------------------------
+
+
+def start_sh(model_dir, *args, **kwargs):
+    """./start.sh running in the background, its output (stderr included) on .stdout."""
+    import subprocess
+
+    return subprocess.Popen([str(model_dir / "start.sh"), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+def wait_healthy(url, process, seconds=60):
+    import httpx2 as httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server never became healthy")
+
+
+def stop(process):
+    """Terminate a start.sh process; returns its output."""
+    process.terminate()
+    output, _ = process.communicate(timeout=30)
+    return output
+
+
+def greedy_chat_page(browser, url: str):
+    """Open the chat page once the adapter is listed, at temperature 0; returns the page's 60 s waiter."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: "adapter" in b.find_element(By.ID, "model").text)
+    temperature = browser.find_element(By.ID, "temperature")
+    temperature.clear()
+    temperature.send_keys("0")
+    return wait
+
+
+def headless_browser():
+    """Headless Chromium through chromedriver; skips the test where they are missing (fails where CI requires them)."""
+    import os
+    import shutil
+
+    import pytest
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("LLM_INSTALLER_REQUIRE_BROWSER"):
+            raise AssertionError("chromium and chromedriver are required (CI installs them)")
+        pytest.skip("chromium/chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -151,3 +151,17 @@ def write_tiny_gguf(model_dir: Path, dest: Path, quantization: str | None = None
     writer.write_tensors_to_file()
     writer.close()
     return dest
+
+
+def safetensors_parameters(model_dir: Path) -> int:
+    """The number of parameters in model_dir/model.safetensors, read from its header."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), framework="numpy") as handle:
+        total = 0
+        for name in handle.keys():
+            count = 1
+            for dim in handle.get_slice(name).get_shape():
+                count *= dim
+            total += count
+        return total

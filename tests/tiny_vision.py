@@ -77,6 +77,13 @@ def colour_image(path: Path, colour: str, size: int = IMAGE_SIZE, jitter: int = 
     return path
 
 
+def data_url(path: Path) -> str:
+    """The image file as a data: URL, as a client sends an image part."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
 def colour_dataset(folder: Path, copies: int = 4) -> Path:
     """folder/colours.json: `image` + `question`/`answer` records, image paths relative to the file."""
     records = []

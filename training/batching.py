@@ -63,31 +63,3 @@ def micro_batches(indices: list[int], examples: list[Tokenized], accumulation: i
 def labelled_tokens(indices: list[int], examples: list[Tokenized]) -> int:
     """Loss-bearing tokens of these examples once packed (each example's first token predicts nothing)."""
     return sum(sum(1 for label in examples[i].labels[1:] if label != IGNORE_INDEX) for i in indices)
-
-
-class SFTObjective:
-    """The loop's default objective: cross-entropy on the labelled tokens of packed rows, every token of a
-    step weighted equally. Another objective (preference.PreferenceObjective) offers the same methods."""
-
-    metrics: tuple[str, ...] = ()  # extra per-weight statistics the loss module returns (none here)
-
-    def loss_module(self, model, use_liger: bool):
-        from training.objectives import sft_loss_module
-
-        return sft_loss_module(model, use_liger)
-
-    def weight(self, indices: list[int], examples: list[Tokenized]) -> int:
-        """What a step's loss is a mean over: its labelled tokens."""
-        return labelled_tokens(indices, examples)
-
-    def micro_batches(self, indices, examples, accumulation: int, processes: int, rank: int, row_length: int):
-        return micro_batches(indices, examples, accumulation, processes, rank, row_length)
-
-    def eval_batches(self, examples: list[Tokenized], row_length: int, rows_per_batch: int) -> list:
-        rows = pack_rows(examples, row_length)
-        return [rows[i:i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
-
-    def collate(self, batch, pad_id: int) -> dict:
-        from training.data.packing import collate
-
-        return collate(batch, pad_id)

@@ -11,6 +11,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from training.data.formats import FORMATS
 from training.errors import ConfigError
 from training.launch import STRATEGIES
 from training.runfile import merged_values
@@ -18,7 +19,6 @@ from training.runfile import merged_values
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
-FORMATS = ("alpaca", "sharegpt", "openai", "qa", "completion", "text", "vision", "preference")
 METHODS = ("lora", "qlora", "dpo")
 DEFAULT_DPO_BETA = 0.1
 DEFAULT_TENSORBOARD_PORT = 6006

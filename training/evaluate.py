@@ -21,9 +21,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from handlers.chat_templates import stop_token_ids
 from training.data.formats import Example
+from training.data.packing import collate, pack_rows
 from training.data.preference import chosen_example
 from training.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_example
+from training.objectives.losses import sft_loss_module
+from training.text_metrics import answer_metrics
 
 MAX_NEW_TOKENS_CAP = 512
 NEW_TOKENS_MARGIN = 16  # beyond the longest reference answer: room to see a model run on
@@ -93,8 +97,6 @@ def prepare(tokenizer, examples: list[Example], max_length: int) -> EvalSet:
 
 def stop_ids(model, tokenizer) -> list[int]:
     """Token ids greedy decoding stops at: the model's and tokenizer's EOS, and the chat template's end-of-turn."""
-    from handlers.chat_templates import stop_token_ids
-
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = list(configured) if isinstance(configured, list) else [configured] if configured is not None else []
     if tokenizer.eos_token_id is not None:
@@ -112,9 +114,6 @@ def auto_max_new_tokens(data: EvalSet) -> int:
 def answer_loss(model, data: EvalSet, pad_id: int, device) -> tuple[float, int]:
     """(sum of token losses, labelled tokens) over every item, batched in packed rows."""
     import torch
-
-    from training.data.packing import collate, pack_rows
-    from training.objectives import sft_loss_module
 
     row_length = max(len(item.tokenized.input_ids) for item in data.items)
     rows = pack_rows([item.tokenized for item in data.items], row_length)
@@ -167,8 +166,6 @@ def _decode(tokenizer, ids: list[int]) -> str:
 
 def evaluate_side(model, tokenizer, data: EvalSet, max_new_tokens: int, batch_size: int, device) -> dict:
     """Every metric of the model as it is now (adapter on or off)."""
-    from training.text_metrics import answer_metrics
-
     started = time.monotonic()
     loss_sum, tokens = answer_loss(model, data, tokenizer.pad_token_id or 0, device)
     loss = loss_sum / max(1, tokens)

@@ -17,6 +17,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from training.batching import epoch_steps
+from training.checkpointing import copy_adapter, install_hooks, load_checkpoint, save_adapter_only, save_checkpoint
+from training.launch import device_name
+from training.modeling import ModelLoadError
+from training.objectives.sft import SFTObjective
+from training.outputs import prune_checkpoints
+from training.schedule import examples_for_cycle, lr_factor, steps_for_epoch, total_steps
+
 log = logging.getLogger("train")
 ADAPTIVE_LR_FACTOR = 0.5
 ADAPTIVE_MIN_LR_FRACTION = 0.05
@@ -75,8 +83,6 @@ def make_optimizer(name: str, parameters, lr: float):
     try:
         import bitsandbytes as bnb
     except Exception as exc:
-        from training.modeling import ModelLoadError
-
         raise ModelLoadError(f"--optimizer {name} needs a working bitsandbytes: {exc}") from exc
     if name == "adamw_bnb_8bit":
         return bnb.optim.AdamW8bit(parameters, lr=lr)
@@ -89,10 +95,6 @@ class Trainer:
 
     def __init__(self, model, plan, train_set: list, val_set: list | None, monitor, pad_id: int, seed: int,
                  accelerator, status=None, use_liger: bool = False, objective=None):
-        from training.batching import SFTObjective
-        from training.checkpointing import install_hooks
-        from training.schedule import total_steps
-
         self.model, self.plan, self.monitor, self.accelerator = model, plan, monitor, accelerator
         self.train_set, self.val_set, self.pad_id, self.seed = train_set, val_set or [], pad_id, seed
         self.writer, self.status = None, status or (lambda _line: None)
@@ -165,8 +167,6 @@ class Trainer:
         return float(total[0]), bool(total[1] > 0)
 
     def _set_lr(self) -> float:
-        from training.schedule import lr_factor
-
         lr = self.plan.learning_rate * self.state.lr_scale * lr_factor(self.plan, self.state.step, self.total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -200,9 +200,6 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
     def run(self, stop: StopSignal, progress=None) -> str:
         """Train until the plan ends, auto-stop fires or a signal arrives; returns the stop reason."""
-        from training.batching import epoch_steps
-        from training.schedule import examples_for_cycle, steps_for_epoch
-
         self.loss_model.train()
         started = time.monotonic() - self.state.elapsed
         window_loss, window_tokens = 0.0, 0
@@ -249,8 +246,6 @@ class Trainer:
 
     def finished(self) -> bool:
         """True when the plan's epochs/cycles are all done (nothing left for a resume to train)."""
-        from training.schedule import steps_for_epoch
-
         if math.isinf(self.plan.epochs):
             return False
         last = math.ceil(self.plan.epochs) - 1
@@ -343,9 +338,6 @@ class Trainer:
 
     def save_checkpoint(self, is_best: bool) -> None:
         """checkpoint-<step> (complete or absent), best/ when it is the best so far, older ones pruned."""
-        from training.checkpointing import copy_adapter, save_checkpoint
-        from training.outputs import prune_checkpoints
-
         directory = self.plan.checkpoints / f"checkpoint-{self.state.step}"
         save_checkpoint(self.accelerator, self.model, directory, self.checkpoint_state(), self.plan.chat_template)
         if self.main:
@@ -356,8 +348,6 @@ class Trainer:
 
     def save_last(self):
         """The adapter as training left it, in checkpoints/last (main process)."""
-        from training.checkpointing import save_adapter_only
-
         last = self.plan.checkpoints / "last"
         if self.main:
             save_adapter_only(self.model, last, self.plan.chat_template)
@@ -366,9 +356,6 @@ class Trainer:
 
     def load_checkpoint(self, directory) -> None:
         """Restore adapter weights, optimizer, RNG, loop position and monitor from a checkpoint."""
-        from training.checkpointing import load_checkpoint
-        from training.launch import device_name
-
         state = load_checkpoint(self.accelerator, self.model, directory, device_name(self.accelerator.device))
         for key, value in state["loop"].items():
             if hasattr(self.state, key):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from core.system import resolve_device
 from handlers import ModelHandler
 from handlers.generic import discover_linear_targets
 
@@ -28,8 +29,6 @@ class Placement:
 def choose_placement(requested: str, handler: ModelHandler) -> Placement:
     """The device (cuda > mps > cpu unless given) and the handler's precision for it."""
     import torch
-
-    from core.system import resolve_device
 
     try:
         device = resolve_device(requested)

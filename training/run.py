@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import shutil
@@ -11,33 +10,25 @@ import statistics
 import time
 from pathlib import Path
 
-from handlers import handler_for_config
 from handlers.base import is_small_model
 from handlers.chat_templates import ensure_chat_template
 from training import tensorboard_server, vision
 from training.autostop import Monitor, rules_for
 from training.config import TrainConfig
+from training.context import RunContext, RunData
 from training.data.formats import examples_from_source, refuse_images, task_type
 from training.data.mixing import is_mix, share_lines, split_sources
 from training.data.sources import DataError, load_sources
-from training.data.tokenize import tokenize_all
 from training.evaluate import evaluate_run
 from training.guards import RunLock, check_disk, disk_full_error, is_disk_full
 from training.launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from training.loop import StopSignal, Trainer
 from training.modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
+from training.objectives.registry import objective_for
 from training.outputs import plot_history, publish_adapter, write_json
 from training.planning import choose_max_length, plan_batches
-from training.preference import (
-    DPO_LR_FACTOR,
-    PreferenceObjective,
-    preference_summary,
-    prepare_reference,
-    resolve_method,
-    tokenize_pairs,
-)
 from training.report import final_report, sample_answers
-from training.resume import NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
+from training.resume import LoraShape, NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
 from training.runfile import RUN_FILE, run_file_text, saved_config
 from training.schedule import Plan
 from training.start_adapter import load_into, start_adapter_for
@@ -45,13 +36,6 @@ from training.summary import adapter_info
 
 log = logging.getLogger("train")
 SMALL_DATASET = 1000  # the training guide recommends circular training below this
-
-
-def _model_info(workdir: Path) -> dict:
-    try:
-        return json.loads((workdir / "model_info.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def load_examples(cfg: TrainConfig):
@@ -85,23 +69,20 @@ def run(cfg: TrainConfig) -> int:
         return _run(cfg, model_path, output, workdir)
 
 
-def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model_config: dict):
+def _prepare_data(ctx: RunContext) -> RunData:
+    cfg, handler, info, model_path = ctx.cfg, ctx.handler, ctx.info, ctx.model_path
     sources, examples = load_examples(cfg)
-    multimodal = handler.is_multimodal(model_config)
-    if not multimodal:
+    if not ctx.multimodal:
         refuse_images(examples, f"{info.get('source', model_path.name)} ({handler.name})")
-    max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
-    dpo = resolve_method(cfg, examples, multimodal)
-    if multimodal:
+    max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, ctx.model_config)
+    objective = objective_for(cfg, examples, ctx.multimodal)
+    if ctx.multimodal:  # SFT: the processor renders and tokenizes image conversations
         tokenizer, tokenized, fallback_used = vision.prepare(model_path, examples, max_length, cfg.train_on_prompt,
                                                              info.get("trust_remote_code", False))
     else:
         tokenizer = load_tokenizer(model_path)
         fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
-        if dpo:  # preference pairs
-            tokenized = tokenize_pairs(tokenizer, examples, max_length)
-        else:
-            tokenized = tokenize_all(tokenizer, examples, max_length, cfg.train_on_prompt)
+        tokenized = objective.tokenize(tokenizer, examples, max_length, cfg.train_on_prompt)
     truncated = sum(t.truncated for t in tokenized)
     formats = sorted({e.format for e in examples})
     task = task_type(examples)
@@ -113,16 +94,14 @@ def _prepare_data(cfg: TrainConfig, handler, info: dict, model_path: Path, model
     if truncated:
         log.warning("%d of %d examples were truncated to --max-seq-length %d tokens.", truncated, len(tokenized),
                     max_length)
-    return sources, examples, tokenizer, tokenized, fallback_used, task, formats, truncated
+    return RunData(sources, examples, tokenizer, tokenized, objective, fallback_used, task, formats, truncated)
 
 
 def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int:
-    started = time.monotonic()
-    info = _model_info(workdir)
-    model_config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
-    handler = handler_for_config(model_config)
-    sources, examples, tokenizer, tokenized, fallback_used, task, formats, truncated = _prepare_data(
-        cfg, handler, info, model_path, model_config)
+    ctx = RunContext.open(cfg, model_path, output, workdir, time.monotonic())
+    info, model_config, handler = ctx.info, ctx.model_config, ctx.handler
+    data = ctx.data = _prepare_data(ctx)
+    sources, examples, tokenizer, tokenized = data.sources, data.examples, data.tokenizer, data.tokenized
     circular = cfg.circular
     evals_per_epoch = 1 if circular else cfg.preset.evals_per_epoch
     split, shares = split_sources(tokenized, examples, sources, cfg.validation_split, cfg.seed, evals_per_epoch)
@@ -177,7 +156,7 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
 
     epochs = cfg.max_circular_epochs if circular else (cfg.epochs or cfg.preset.epochs)
     lr = cfg.learning_rate or handler.learning_rate(parameters) * cfg.preset.lr_multiplier * (
-        DPO_LR_FACTOR if task == "preference" else 1.0)
+        data.objective.learning_rate_factor)
     plan = Plan(epochs=epochs, examples_per_step=batches.examples_per_step, accumulation=batches.accumulation,
                 learning_rate=lr, evals_per_epoch=evals_per_epoch, circular=circular, adaptive=cfg.mode == "adaptive",
                 constant_lr=cfg.mode in ("adaptive", "non-stop"), optimizer=cfg.optimizer,
@@ -185,9 +164,10 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
                 save_total_limit=cfg.save_total_limit, row_length=row_length, processes=processes,
                 strategy=cfg.strategy, eval_rows=batches.eval_rows, max_examples_per_step=batches.max_examples_per_step,
                 data_fingerprint=data_fingerprint(sources),
-                chat_template=tokenizer.chat_template if fallback_used else None)
+                chat_template=tokenizer.chat_template if data.fallback_used else None)
+    ctx.plan, ctx.lora = plan, LoraShape(rank, alpha, targets)
     _log_plan(cfg, plan, batches, split, placement, checkpointing)
-    rules = rules_for(task, cfg.patience, cfg.overfitting_threshold)
+    rules = ctx.rules = rules_for(data.task, cfg.patience, cfg.overfitting_threshold)
     monitor = Monitor(rules, enabled=not cfg.force_epochs and cfg.mode != "non-stop")
     _log_autostop(cfg, rules, bool(split.val))
 
@@ -195,14 +175,13 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
                                    placement.precision, batches.accumulation, batches.micro_batch)
     trainer = Trainer(model, plan, split.train, split.val, monitor, tokenizer.pad_token_id, cfg.seed, accelerator,
                       status=lambda line: log.info(line), use_liger=placement.device == "cuda",
-                      objective=PreferenceObjective(cfg.dpo_beta) if task == "preference" else None)
+                      objective=data.objective)
     try:
         resumed = start_or_resume(trainer, checkpoint, checkpoints, cfg.data)
     except NothingToResume as done:
         log.info("%s", done)
         return 0
-    if task == "preference":
-        prepare_reference(trainer, split, start, checkpoints, resumed)
+    data.objective.before_training(trainer, split, start, checkpoints, resumed)
     main = is_main_process()
     writer = trainer.writer = _tensorboard_writer(workdir, cfg) if main else None
     board = tensorboard_server.start(workdir, cfg.tensorboard_port) if main and not cfg.no_tensorboard else None
@@ -218,11 +197,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
             chosen, which = trainer.best_dir, f"best (step {monitor.best_step}, {kind} loss {monitor.best_val:.4f})"
         else:
             chosen, which = last, "last (no evaluation finished)"
-        summary = adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets,
-                               rules, reason, monitor, trainer.state, baseline, which, started, truncated,
-                               resumed, bool(split.val))
-        if task == "preference":
-            summary["preference"] = preference_summary(trainer, monitor, bool(split.val))
+        summary = adapter_info(ctx, monitor, trainer.state, reason, baseline, which, resumed, bool(split.val))
+        summary.update(data.objective.summary(trainer, monitor, bool(split.val)))
         summary["config"] = saved_config(cfg, output, workdir)  # also lora/run.yaml: --config repeats the run
         summary["mix"] = [share.as_dict() for share in shares] if is_mix(shares) else None
         previous = publish_adapter(chosen, output, summary, {RUN_FILE: run_file_text(summary["config"])})
@@ -231,7 +207,7 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
         samples = None
         if not cfg.skip_test and not interrupted:
-            multimodal = handler.is_multimodal(model_config)
+            multimodal = ctx.multimodal
             samples = vision.sample_answers(model, model_path, chosen, examples, bool(split.val), device_name(
                 device)) if multimodal else sample_answers(
                 model, tokenizer, chosen, examples, bool(split.val), device_name(device))

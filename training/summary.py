@@ -8,6 +8,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from training.autostop import Monitor
+from training.context import RunContext
+
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -17,10 +20,10 @@ def _perplexity(loss: float | None) -> float | None:
     return math.exp(min(loss, 50)) if loss is not None else None
 
 
-def adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, rank, alpha, targets, rules,
-                 reason, monitor, state, baseline, which, started, truncated, resumed: Path | None,
-                 validated: bool) -> dict:
+def adapter_info(ctx: RunContext, monitor: Monitor, state, reason: str, baseline: float | None, which: str,
+                 resumed: Path | None, validated: bool) -> dict:
     """The record saved beside the adapter (and read by start.sh, export and the report)."""
+    cfg, info, model_path, data, plan, rules = ctx.cfg, ctx.info, ctx.model_path, ctx.data, ctx.plan, ctx.rules
     best = monitor.best_val if math.isfinite(monitor.best_val) else None
     best_val = best if validated else None
     train_losses = [h["train_loss"] for h in state.history if "train_loss" in h and "val_loss" not in h]
@@ -30,11 +33,11 @@ def adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, 
         "base_model_revision": info.get("revision"),
         "base_model_path": str(model_path),
         "data": [{"source": s.origin, "sha256": s.sha256, "records": len(s.records), "entry": s.entry,
-                  "weight": s.weight} for s in sources],
-        "formats": formats,
-        "task_type": task,
-        "examples": len(examples),
-        "truncated_examples": truncated,
+                  "weight": s.weight} for s in data.sources],
+        "formats": data.formats,
+        "task_type": data.task,
+        "examples": len(data.examples),
+        "truncated_examples": data.truncated,
         "mode": cfg.mode,
         "circular": cfg.circular,
         "force_epochs": cfg.force_epochs,
@@ -42,7 +45,7 @@ def adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, 
         "resumed_from": str(resumed.relative_to(workdir)) if resumed and resumed.is_relative_to(workdir)
         else (str(resumed) if resumed else None),
         "hyperparameters": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                            "lora_r": rank, "lora_alpha": alpha, "target_modules": targets,
+                            "lora_r": ctx.lora.rank, "lora_alpha": ctx.lora.alpha, "target_modules": ctx.lora.targets,
                             "learning_rate": plan.learning_rate, "examples_per_step": plan.examples_per_step,
                             "gradient_accumulation_steps": plan.accumulation, "row_length": plan.row_length,
                             "epochs": None if math.isinf(plan.epochs) else plan.epochs,
@@ -58,6 +61,6 @@ def adapter_info(cfg, info, model_path, sources, examples, formats, task, plan, 
                     "baseline_perplexity": _perplexity(baseline), "best_perplexity": _perplexity(best_val),
                     "steps": state.step, "evaluations": state.evals, "tokens": state.tokens},
         "adaptive_changes": state.changes,
-        "timings": {"seconds": round(time.monotonic() - started, 2), "finished_at": _now()},
+        "timings": {"seconds": round(time.monotonic() - ctx.started, 2), "finished_at": _now()},
         "finished_at": _now(),
     }

@@ -17,10 +17,13 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from handlers.chat_templates import part_messages
+from handlers.generic import discover_linear_targets
 from training.data.files import DataError
 from training.data.formats import Example
 from training.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_all
 from training.data.vision import image_base, load_image
+from training.modeling import ModelLoadError
+from training.report import SAMPLE_TOKENS
 
 log = logging.getLogger("train")
 # Keys of the processor's output that are not image tensors.
@@ -45,8 +48,6 @@ class ImageInputs:
 def load_processor(model_path: Path, trust_remote_code: bool = False):
     """The model's processor (image processor + tokenizer + chat template); ModelLoadError when it has none."""
     from transformers import AutoProcessor
-
-    from training.modeling import ModelLoadError
 
     try:
         processor = AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
@@ -194,50 +195,6 @@ def lora_targets(model, handler, targets: list[str], train_vision_tower: bool,
     return chosen, exclude
 
 
-# --- batches -----------------------------------------------------------------------------------
-def _stack_padded(tensors: list):
-    """Concatenate along the first dimension, zero-padding the other dimensions to the largest."""
-    import torch
-
-    if all(t.shape[1:] == tensors[0].shape[1:] for t in tensors):
-        return torch.cat(tensors, dim=0)
-    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
-    padded = []
-    for tensor in tensors:
-        out = tensor.new_zeros((tensor.shape[0], *shape))
-        out[(slice(None), *(slice(0, s) for s in tensor.shape[1:]))] = tensor
-        padded.append(out)
-    return torch.cat(padded, dim=0)
-
-
-def collate_image_rows(rows: list, pad_id: int) -> dict:
-    """Tensors for rows of single examples of a multimodal model: right-padded ids, labels and attention mask, the
-    per-token extras padded with 0, the image tensors concatenated in row order (no position ids: the model
-    computes its own)."""
-    import torch
-
-    width = max(row.length for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    per_token: dict[str, torch.Tensor] = {}
-    tensors: dict[str, list] = {}
-    for i, row in enumerate(rows):
-        ids[i, : row.length] = torch.tensor(row.input_ids)
-        labels[i, : row.length] = torch.tensor(row.labels)
-        mask[i, : row.length] = 1
-        if row.images is None:  # a packed text row cannot reach here: multimodal rows all carry ImageInputs
-            continue
-        for key, values in row.images.per_token.items():
-            per_token.setdefault(key, torch.zeros((len(rows), width), dtype=torch.long))[i, : len(values)] = \
-                torch.tensor(values)
-        for key, value in row.images.tensors.items():
-            tensors.setdefault(key, []).append(value)
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, **per_token}
-    batch.update({key: _stack_padded(values) for key, values in tensors.items()})
-    return batch
-
-
 # --- model ---------------------------------------------------------------------------------------
 def multimodal_backbone(causal):
     """The module that merges image features into the text (LlavaModel, Qwen2VLModel, ...) when `causal` is an
@@ -261,8 +218,6 @@ def vision_targets(model, handler, targets: list[str], train_vision_tower: bool,
     """(LoRA targets, exclude pattern): the projector added (by default), the vision tower excluded unless
     --train-vision-tower, which adds its linear layers to the targets instead."""
     import re
-
-    from handlers.generic import discover_linear_targets
 
     pattern = _fragment_pattern(handler.vision_tower)
     names = [name for name, _ in model.named_modules()]
@@ -303,8 +258,6 @@ def sample_answers(model, model_path: Path, adapter_dir: Path, examples: list[Ex
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from training.report import SAMPLE_TOKENS
 
     processor = load_processor(model_path)
 

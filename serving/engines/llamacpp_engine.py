@@ -21,8 +21,18 @@ from pathlib import Path
 
 from core.adapter import AdapterInfo
 from llamacpp.quantize import CONVERTER_TYPES, default_quant, quantize_gguf
+from serving.engines.base import (
+    Engine,
+    Generation,
+    GenerationParams,
+    LoadError,
+    ServeSettings,
+    cut_at_stop,
+    fallback_template,
+    trusts_remote_code,
+)
 from serving.engines.decoding import Detokenizer, Piece
-from serving.engines.transformers_engine import Generation, GenerationParams, LoadError, ModelEngine, _cut_at_stop
+from serving.engines.structured import llama_grammar
 
 log = logging.getLogger("serve")
 GGUF_DIR = "gguf"
@@ -107,9 +117,11 @@ def default_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else physical_cores()
 
 
-class LlamaCppEngine(ModelEngine):
-    """ModelEngine whose forward pass and sampling run in llama.cpp."""
+class LlamaCppEngine(Engine):
+    """The model run by llama.cpp from GGUFs (the base quantized, each adapter a LoRA GGUF), on the CPU; the
+    transformers tokenizer renders prompts and decodes."""
 
+    name = "llama.cpp"
     supports_logprobs = False
 
     def __init__(self, llm, tokenizer, adapters: dict[str, AdapterInfo], handles: dict, context_length: int,
@@ -119,28 +131,31 @@ class LlamaCppEngine(ModelEngine):
         self._handles, self.eos_ids = handles, eos_ids
 
     @classmethod
-    def load(cls, model_dir: Path, adapters: dict[str, AdapterInfo] | None = None, *,
-             trust_remote_code: bool = False, fallback_template: str | None = None,
-             threads: int | None = None, quant: str | None = None) -> LlamaCppEngine:
+    def check_available(cls) -> None:
+        require_llama_cpp()
+
+    @classmethod
+    def load(cls, cfg: ServeSettings, adapters: dict[str, AdapterInfo]) -> LlamaCppEngine:
         """Convert (first time) and load the GGUFs; LoadError when llama-cpp-python is missing or fails.
 
-        `threads`: llama.cpp's compute threads (default: default_threads()); `quant`: the base GGUF's type
+        --threads: llama.cpp's compute threads (default: default_threads()); --gguf-quant: the base GGUF's type
         (default: base_quant)."""
         require_llama_cpp()
         from llama_cpp import Llama
         from llama_cpp import llama_cpp as native
         from transformers import AutoTokenizer
 
-        adapters = adapters or {}
-        model_path = Path(model_dir) / "model"
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-        if not getattr(tokenizer, "chat_template", None) and fallback_template:
-            tokenizer.chat_template = fallback_template
+        model_dir = Path(cfg.model_dir)
+        model_path = model_dir / "model"
+        template = fallback_template(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trusts_remote_code(cfg))
+        if not getattr(tokenizer, "chat_template", None) and template:
+            tokenizer.chat_template = template
         config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
         config = config.get("text_config", config)
         context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
-        threads = threads or default_threads()
-        base = cached_gguf(model_dir, quant=quant, threads=threads)
+        threads = cfg.threads or default_threads()
+        base = cached_gguf(model_dir, quant=cfg.gguf_quant, threads=threads)
         try:
             # The same thread count for prompts (llama-cpp-python's default there is every logical CPU: threads
             # spinning on busy cores measured 10x slower). No flash attention: 1.2x faster on the CPU, but it
@@ -174,8 +189,6 @@ class LlamaCppEngine(ModelEngine):
 
     def compile_format(self, output):
         """response_format as a llama.cpp grammar (structured.FormatError for a schema it cannot convert)."""
-        from serving.engines.structured import llama_grammar
-
         return llama_grammar(output)
 
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
@@ -226,7 +239,7 @@ class LlamaCppEngine(ModelEngine):
                 yield Piece(rest)
 
         try:
-            yield from _cut_at_stop(pieces(), params.stop, generation)
+            yield from cut_at_stop(pieces(), params.stop, generation)
         finally:
             tokens.close()
         generation.completion_tokens = state["count"]

@@ -6,11 +6,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.adapter import AdapterInfo
-from core.errors import UserError
+from handlers import is_multimodal_dir
+from serving.engines.base import (
+    Engine,
+    Generation,
+    GenerationParams,
+    LoadError,
+    ServeSettings,
+    cut_at_stop,
+    fallback_template,
+    trusts_remote_code,
+)
+from serving.engines.batching import ContinuousBatcher, batchable
 from serving.engines.decoding import (
     Detokenizer,
     LogprobRecorder,
@@ -20,43 +30,10 @@ from serving.engines.decoding import (
     bias_processor,
     penalty_processor,
 )
-from serving.engines.gate import AdapterGate
+from serving.engines.structured import XGrammarCompiler, xgrammar_processor
 
 log = logging.getLogger("serve")
 BATCH_SLOTS = 32  # requests admitted at once when continuous batching is on (the rest queue)
-
-
-class LoadError(UserError, RuntimeError):
-    """The model cannot be loaded as asked; the message says why."""
-
-
-@dataclass
-class GenerationParams:
-    """Sampling settings of one request (already validated)."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    ignore_eos: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    logprobs: bool = False
-    top_logprobs: int = 0
-    keep_tokens: set[int] = field(default_factory=set)  # special tokens the caller must see (tool-call markers)
-    grammar: object | None = None  # response_format compiled by the engine's compile_format
-
-
-@dataclass
-class Generation:
-    """One request's output so far; `finish_reason` and token counts are set when it ends."""
-
-    prompt_tokens: int
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def _placement(device: str, dtype: str, quantization: str):
@@ -77,44 +54,34 @@ def _placement(device: str, dtype: str, quantization: str):
     return device, getattr(torch, dtype)
 
 
-class ModelEngine:
-    """The loaded model and tokenizer with every served adapter attached; `stream` yields the pieces of one
-    generation for one route (the base model or an adapter)."""
+class TransformersEngine(Engine):
+    """The model run by transformers: one `generate` per request in a worker thread, or the continuous batcher's
+    shared forward passes; PEFT switches the adapters."""
 
-    supports_logprobs = True
-    processor = None  # a multimodal model's processor (serving/images.py renders image chats with it)
+    name = "transformers"
 
     def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
                  max_concurrency: int = 1):
-        self.model, self.tokenizer, self.device, self.adapters = model, tokenizer, device, adapters
-        self.context_length = context_length
-        self.base_template = getattr(tokenizer, "chat_template", None)
-        self._gate = AdapterGate(max_concurrency, self._activate)
-        self._batcher = None  # batching.ContinuousBatcher when continuous batching is on
+        super().__init__(model, tokenizer, device, adapters, context_length, max_concurrency)
+        self._batcher: ContinuousBatcher | None = None  # when continuous batching is on
         self._seed_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
-
-    def _count(self, key: str, delta: int = 1) -> None:
-        with self._stats_lock:
-            self.stats[key] += delta
 
     @classmethod
-    def load(cls, model_path: Path, adapters: dict[str, AdapterInfo] | None = None, *, device: str = "auto",
-             dtype: str = "auto", quantization: str = "none", cpu_offload: bool = False,
-             trust_remote_code: bool = False, fallback_template: str | None = None,
-             max_concurrency: int = 0, threads: int | None = None, batching: str = "off") -> ModelEngine:
-        """Load weights (quantized/offloaded as asked), then attach every adapter (key -> adapter) to them.
-        `threads`: torch's CPU threads (default: torch's own choice). `batching` on/auto (auto: on CUDA):
-        concurrent requests share forward passes (serving/engines/batching.py); `max_concurrency` 0: 32 then, else 1."""
+    def load(cls, cfg: ServeSettings, adapters: dict[str, AdapterInfo]) -> TransformersEngine:
+        """Load weights (quantized/offloaded as --quantization/--cpu-offload ask), then attach every adapter
+        (key -> adapter) to them. --threads: torch's CPU threads (default: torch's own choice). --batching on/auto
+        (auto: on CUDA): concurrent requests share forward passes (serving/engines/batching.py); --max-concurrency
+        0 is 32 then, else 1."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        adapters = adapters or {}
-        device, torch_dtype = _placement(device, dtype, quantization)
-        if threads:
-            torch.set_num_threads(threads)
-        batched = batching == "on" or (batching == "auto" and device == "cuda" and not cpu_offload)
+        model_path = Path(cfg.model_dir) / "model"
+        trust_remote_code, quantization, cpu_offload = trusts_remote_code(cfg), cfg.quantization, cfg.cpu_offload
+        template = fallback_template(model_path)
+        device, torch_dtype = _placement(cfg.device, cfg.dtype, quantization)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        batched = cfg.batching == "on" or (cfg.batching == "auto" and device == "cuda" and not cpu_offload)
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         if quantization != "none":
             from transformers import BitsAndBytesConfig
@@ -124,8 +91,6 @@ class ModelEngine:
                                                                 bnb_4bit_compute_dtype=torch_dtype))
         if cpu_offload or quantization != "none":
             kwargs["device_map"] = "auto" if cpu_offload else {"": 0}
-        from handlers import is_multimodal_dir
-
         processor = None
         try:
             if is_multimodal_dir(model_path):
@@ -142,8 +107,8 @@ class ModelEngine:
         if "device_map" not in kwargs:
             model.to(device)
         model = _attach_adapters(model, adapters)
-        if not getattr(tokenizer, "chat_template", None) and fallback_template:
-            tokenizer.chat_template = fallback_template
+        if not getattr(tokenizer, "chat_template", None) and template:
+            tokenizer.chat_template = template
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
@@ -152,7 +117,7 @@ class ModelEngine:
         if batched and processor is not None:  # image inputs go through generate; transformers' manager takes ids
             log.warning("Continuous batching is not used for multimodal models.")
             batched = False
-        max_concurrency = max_concurrency or (BATCH_SLOTS if batched else 1)
+        max_concurrency = cfg.max_concurrency or (BATCH_SLOTS if batched else 1)
         if device == "cpu" and max_concurrency > 1 and not batched:
             log.warning("--max-concurrency %d on the CPU: parallel generations compete for the cores and total "
                         "throughput drops (about 4x with 8 on 2 cores); 1, which queues requests, is faster here.",
@@ -160,14 +125,11 @@ class ModelEngine:
         engine = cls(model, tokenizer, device, adapters, int(context), max_concurrency)
         engine.processor = processor
         if batched:
-            from serving.engines.batching import ContinuousBatcher
-
             engine._batcher = ContinuousBatcher(model, _eos_ids(model, tokenizer), tokenizer.pad_token_id)
             log.info("Continuous batching: up to %d requests share each forward pass.", max_concurrency)
         return engine
 
     def _activate(self, key: str | None) -> None:
-        """Make adapter `key` (None: none, the base model) the one the model computes with; nothing is generating."""
         if not self.adapters:
             return
         if key is None:
@@ -177,86 +139,19 @@ class ModelEngine:
             self.model.set_adapter(key)
 
     def close(self) -> None:
-        """Stop background work (the continuous batcher's thread); the engine serves no more requests."""
+        """Stop the continuous batcher's thread; the engine serves no more requests."""
         if self._batcher is not None:
             self._batcher.stop()
 
-    # --- prompts -----------------------------------------------------------------------------
-    def chat_template(self, key: str | None = None) -> str | None:
-        """The template of a route: the adapter's own (saved when training used a fallback), else the model's."""
-        adapter = self.adapters.get(key) if key else None
-        return (adapter.chat_template if adapter and adapter.chat_template else None) or self.base_template
-
-    def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None,
-                    images: list | None = None) -> list[int]:
-        """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
-
-        Rendered as training renders it (training/data/tokenize.py): a template without tool support gets earlier tool
-        calls as `<tool_call>` text and tool results as user turns if it rejects the tool role; `tools` reach
-        templates that use them. ValueError when the template rejects the conversation.
-        """
-        from handlers.chat_templates import fold_tool_turns, normalise_messages
-
-        template = self.chat_template(key)
-        messages = normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
-        if self.processor is not None:  # multimodal: the processor renders and expands image tokens
-            from serving.images import processor_prompt
-
-            return processor_prompt(self, messages, images or [], template, tools)
-        extra = {"tools": tools} if tools and "tools" in (template or "") else {}
-        try:
-            text = self._render(messages, template, extra)
-        except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
-            folded = fold_tool_turns(messages)
-            if folded == messages:
-                raise ValueError(f"The model's chat template rejected these messages: {exc}") from exc
-            try:
-                text = self._render(folded, template, extra)
-            except Exception as again:
-                raise ValueError(f"The model's chat template rejected these messages: {again}") from again
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _render(self, messages: list[dict], template: str | None, extra: dict) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                  chat_template=template, **extra)
-
-    def text_prompt(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt)["input_ids"]
-
     def compile_format(self, output):
-        """response_format (structured.StructuredOutput) compiled for this engine's generate: xgrammar's grammar;
-        structured.FormatError (a 400) when xgrammar is missing or rejects the schema."""
-        from serving.engines.structured import XGrammarCompiler
-
+        """response_format as xgrammar's grammar; structured.FormatError (a 400) when xgrammar is missing or
+        rejects the schema."""
         if getattr(self, "_formats", None) is None:
             self._formats = XGrammarCompiler(self.tokenizer, self.model.config.get_text_config().vocab_size)
         return self._formats.compile(output)
 
     # --- generation --------------------------------------------------------------------------
-    def stream(self, prompt_ids: list[int], params: GenerationParams, generation: Generation,
-               key: str | None = None) -> Iterator[Piece]:
-        """Pieces as they are generated with adapter `key` (None: the base model); waits for its turn first.
-        Setting `generation.cancel` stops it, also while it waits."""
-        self._count("waiting")
-        admitted = False
-        try:
-            with self._gate.admit(key, generation.cancel) as admitted:
-                self._count("waiting", -1)
-                if admitted:
-                    self._count("active")
-                    try:
-                        yield from self._generate(prompt_ids, params, generation)
-                    finally:
-                        self._count("active", -1)
-        finally:
-            if not admitted and generation.finish_reason is None:
-                generation.finish_reason = "cancelled"
-            cancelled = generation.finish_reason in (None, "cancelled")
-            self._count("cancelled" if cancelled else "completed")
-
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
-        from serving.engines.batching import batchable
-
         if self._batcher is not None and batchable(params) and not getattr(prompt_ids, "inputs", None):
             yield from self._generate_batched(prompt_ids, params, generation)
             return
@@ -280,7 +175,7 @@ class ModelEngine:
 
         finished = False
         try:
-            yield from _cut_at_stop(pieces(), params.stop, generation)
+            yield from cut_at_stop(pieces(), params.stop, generation)
             finished = True
         finally:
             if not finished:  # the consumer left early (client gone, Ctrl+C)
@@ -305,8 +200,6 @@ class ModelEngine:
         if params.logit_bias:
             processors.append(bias_processor(params.logit_bias))
         if params.grammar is not None:  # last: nothing after it may make a token the grammar forbids likely again
-            from serving.engines.structured import xgrammar_processor
-
             processors.append(xgrammar_processor(params.grammar))
         streamer = TokenStreamer(recorder)
         inputs = torch.tensor([prompt_ids], device=self.device if self.device != "auto" else "cpu")
@@ -341,7 +234,7 @@ class ModelEngine:
         worker.start()
         finished = False
         try:
-            yield from _cut_at_stop(_pieces(streamer, Detokenizer(self.tokenizer, params.keep_tokens)), params.stop,
+            yield from cut_at_stop(_pieces(streamer, Detokenizer(self.tokenizer, params.keep_tokens)), params.stop,
                                     generation)
             finished = True
         finally:
@@ -402,29 +295,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
         ids.add(tokenizer.eos_token_id)
     return ids
 
-
-def _cut_at_stop(pieces: Iterator[Piece], stops: list[str], generation: Generation) -> Iterator[Piece]:
-    """Pass pieces through, ending at the first stop string (never emitted); holds back possible stop prefixes.
-    Log-probabilities travel with the first text emitted after their tokens."""
-    if not stops:
-        yield from (p for p in pieces if p.text or p.logprobs)
-        return
-    hold = max(len(s) for s in stops) - 1
-    buffer, logprobs = "", []
-    for piece in pieces:
-        buffer += piece.text
-        logprobs += piece.logprobs
-        hits = [i for i in (buffer.find(s) for s in stops) if i >= 0]
-        if hits:
-            if buffer[: min(hits)]:
-                yield Piece(buffer[: min(hits)], logprobs)
-            generation.finish_reason = "stop"
-            generation.cancel.set()
-            for _ in pieces:  # drain what the worker still produces before it sees the cancel
-                pass
-            return
-        if len(buffer) > hold:
-            yield Piece(buffer[: len(buffer) - hold], logprobs)
-            buffer, logprobs = buffer[len(buffer) - hold:], []
-    if buffer or logprobs:
-        yield Piece(buffer, logprobs)

@@ -1,4 +1,5 @@
-"""--engine vllm: hand the installed model (and its adapter) to `vllm serve`."""
+"""--engine vllm: hand the installed model (and its adapter) to `vllm serve`, which replaces this process; no engine
+is loaded here (serving/engines/registry.py lists it as a hand-off)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from serving.config import ServeConfig, ServeConfigError
+from serving.engines.base import ServeConfigError, ServeSettings
 from serving.router import Router
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the only --max-lora-rank values vLLM accepts
@@ -24,7 +25,7 @@ def max_lora_rank(ranks: list[int]) -> int:
                            "Use --engine transformers.")
 
 
-def vllm_command(cfg: ServeConfig, router: Router, executable: str = "vllm") -> list[str]:
+def vllm_command(cfg: ServeSettings, router: Router, executable: str = "vllm") -> list[str]:
     """The `vllm serve` command line for this configuration: every adapter under its model id (--lora-modules)."""
     model_id = Path(cfg.model_dir).name
     command = [executable, "serve", str(Path(cfg.model_dir) / "model"), "--served-model-name", model_id,
@@ -47,7 +48,7 @@ def vllm_command(cfg: ServeConfig, router: Router, executable: str = "vllm") -> 
     return command
 
 
-def exec_vllm(cfg: ServeConfig, router: Router) -> int:
+def exec_vllm(cfg: ServeSettings, router: Router) -> int:
     """Replace this process with vLLM's server; ServeConfigError when vLLM or a GPU is missing."""
     if importlib.util.find_spec("vllm") is None:
         raise ServeConfigError("--engine vllm needs vLLM installed in this environment (pip install vllm); "

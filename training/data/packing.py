@@ -69,8 +69,6 @@ def collate(rows: list[PackedRow], pad_id: int) -> dict:
     import torch
 
     if any(row.images is not None for row in rows):
-        from training.vision import collate_image_rows
-
         return collate_image_rows(rows, pad_id)
     width = max(row.length for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -90,3 +88,46 @@ def collate(rows: list[PackedRow], pad_id: int) -> dict:
 def useful_tokens(rows: list[PackedRow]) -> int:
     """Loss-bearing tokens in these rows (the first token of each example predicts nothing)."""
     return sum(sum(1 for label in row.labels if label != IGNORE_INDEX) for row in rows)
+
+
+def _stack_padded(tensors: list):
+    """Concatenate along the first dimension, zero-padding the other dimensions to the largest."""
+    import torch
+
+    if all(t.shape[1:] == tensors[0].shape[1:] for t in tensors):
+        return torch.cat(tensors, dim=0)
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    padded = []
+    for tensor in tensors:
+        out = tensor.new_zeros((tensor.shape[0], *shape))
+        out[(slice(None), *(slice(0, s) for s in tensor.shape[1:]))] = tensor
+        padded.append(out)
+    return torch.cat(padded, dim=0)
+
+
+def collate_image_rows(rows: list, pad_id: int) -> dict:
+    """Tensors for rows of single examples of a multimodal model: right-padded ids, labels and attention mask, the
+    per-token extras padded with 0, the image tensors concatenated in row order (no position ids: the model
+    computes its own)."""
+    import torch
+
+    width = max(row.length for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    per_token: dict[str, torch.Tensor] = {}
+    tensors: dict[str, list] = {}
+    for i, row in enumerate(rows):
+        ids[i, : row.length] = torch.tensor(row.input_ids)
+        labels[i, : row.length] = torch.tensor(row.labels)
+        mask[i, : row.length] = 1
+        if row.images is None:  # a packed text row cannot reach here: multimodal rows all carry ImageInputs
+            continue
+        for key, values in row.images.per_token.items():
+            per_token.setdefault(key, torch.zeros((len(rows), width), dtype=torch.long))[i, : len(values)] = \
+                torch.tensor(values)
+        for key, value in row.images.tensors.items():
+            tensors.setdefault(key, []).append(value)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, **per_token}
+    batch.update({key: _stack_padded(values) for key, values in tensors.items()})
+    return batch

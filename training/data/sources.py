@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import FORMATS
 from training.data.files import DataError, open_regular, read_delimited, read_json, read_json_lines, read_text, sha256
+from training.data.formats import FORMATS
 from training.data.spec import FILE_SUFFIXES, looks_like_hub_spec, parse_data
 
 __all__ = ["FILE_SUFFIXES", "DataError", "SourceRecords", "load_sources", "read_file"]
