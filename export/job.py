@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
-from core.model_dir import ModelDir
+from core.model_dir import ModelDir, is_weight_file
 from llamacpp.quantize import GGUF_TYPES
 
 OUTTYPES = GGUF_TYPES  # the converter's own types, and the 4- to 6-bit ones llama.cpp's quantizer makes from f16
@@ -90,8 +90,6 @@ def native_dtype(model: ModelDir) -> str:
 
 
 def _weights_bytes(model: ModelDir) -> int:
-    from core.model_dir import is_weight_file
-
     return sum(p.stat().st_size for p in model.weights.rglob("*") if p.is_file() and is_weight_file(p.name))
 
 

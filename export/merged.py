@@ -9,6 +9,7 @@ from pathlib import Path
 
 from export.job import BYTES_PER_PARAMETER, TORCH_DTYPES, ExportError, Job, native_dtype, parameters
 from export.target import ExportTarget
+from handlers import handler_for_config, is_multimodal_dir
 from handlers.chat_templates import stop_token_ids
 
 MAX_SHARD_SIZE = "5GB"
@@ -21,7 +22,6 @@ def chat_template(job: Job, tokenizer) -> str | None:
         return job.adapter.chat_template
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.chat_template
-    from handlers import handler_for_config
 
     return handler_for_config(_config(job)).chat_template_fallback
 
@@ -44,8 +44,6 @@ def load_merged(job: Job, dtype: str):
     model's processor: image processor, tokenizer and chat template, so the export reads images too)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
-    from handlers import is_multimodal_dir
 
     _refuse_prequantized(job)
     trust = bool(job.info.get("trust_remote_code"))

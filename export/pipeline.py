@@ -16,11 +16,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from core import __version__
+from core.adapter import AdapterError, inspect_adapter
 from core.model_dir import ModelDir, write_json_atomic
+from core.units import human_bytes
 from export import registry
 from export.job import EXPORT_INFO, OUTTYPES, TORCH_DTYPES, ExportError, ExportResult, Job, native_dtype
 from export.target import ExportTarget
-from llamacpp.quantize import CONVERTER_TYPES
+from handlers import is_multimodal_dir
+from llamacpp.quantize import CONVERTER_TYPES, require_quantizer
 
 FORMATS = registry.names()
 EXPORTS_SUBDIR = "exports"
@@ -71,8 +75,6 @@ def export_model(model_dir: Path, fmt: str, out: Path | None = None, outtype: st
 
 
 def _refuse_multimodal_gguf(model: ModelDir, target: ExportTarget) -> None:
-    from handlers import is_multimodal_dir
-
     if target.gguf and is_multimodal_dir(model.weights):
         instead = " or ".join(f"--format {name}" for name in registry.names(gguf=False))
         raise ExportError(f"--format {target.name} of a multimodal model is not supported (llama.cpp keeps its vision "
@@ -97,16 +99,12 @@ def _outtype(target: ExportTarget, outtype: str | None) -> str:
     if outtype not in target.outtypes:
         raise ExportError(target.refuse_outtype(outtype))
     if outtype not in CONVERTER_TYPES:
-        from llamacpp.quantize import require_quantizer
-
         require_quantizer(outtype)  # before any slow work
     return outtype
 
 
 def _choose_adapter(job: Job, target: ExportTarget, adapter: Path | None, no_lora: bool):
     """The adapter to export (checked against the base model), or None for the base model alone."""
-    from core.adapter import AdapterError, inspect_adapter
-
     if adapter is not None and no_lora:
         raise ExportError("Give either --adapter or --no-lora, not both.")
     if no_lora:
@@ -171,8 +169,6 @@ def _staging(path: Path) -> Path:
 
 
 def _check_space(directory: Path, needed: int) -> None:
-    from core.units import human_bytes
-
     free = shutil.disk_usage(directory).free
     if free < needed * SPACE_MARGIN + SPACE_SLACK_BYTES:
         raise ExportError(f"Not enough disk space in {directory}: the export needs about {human_bytes(needed)} and "
@@ -189,8 +185,6 @@ def _build(job: Job, target: ExportTarget, staging: Path, name: str) -> Path:
 
 
 def _provenance(job: Job) -> dict:
-    from core import __version__
-
     return {"format": job.fmt, "outtype": job.outtype, "base_model": job.info.get("source"),
             "model_dir": str(job.model.root), "adapter": str(job.adapter.path) if job.adapter else None,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "llm_installer": __version__}

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from serving.completions import Job, chat_completion, chat_events, text_completion, text_events
 from serving.engines.base import Engine, GenerationParams
+from serving.engines.structured import FormatError, structured_output
 from serving.images import template_messages
 from serving.protocol import ApiError, ChatRequest, CompletionRequest
 from serving.router import Router
@@ -243,8 +244,6 @@ def _check_logprobs(engine: Engine, params: GenerationParams) -> None:
 async def _response_format(engine: Engine, response_format):
     """The engine's compiled constraint for response_format json_object/json_schema (None for text); 400 when the
     engine cannot enforce it."""
-    from serving.engines.structured import FormatError, structured_output
-
     try:
         output = structured_output(response_format)
         return None if output is None else await asyncio.to_thread(engine.compile_format, output)

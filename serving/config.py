@@ -99,7 +99,7 @@ class ServeConfig:
 
     def named_adapters(self) -> dict[str, Path]:
         """--lora NAME=PATH flags as {NAME: PATH}; ServeConfigError for a malformed or repeated NAME."""
-        from serving.router import ADAPTER_NAME
+        from serving.router import ADAPTER_NAME  # here: the router pulls in pydantic, which --help does not need
 
         named: dict[str, Path] = {}
         for item in self.lora:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from serving.engines.base import Engine, Generation, GenerationParams
+from serving.images import load_image_file
 from serving.protocol import ApiError
 from serving.router import Route, Router
 
@@ -93,7 +94,6 @@ def _attach(engine: Engine, path: str, attached: list) -> str:
         return "this model is text-only: it cannot read images"
     if not path:
         return "usage: /image PATH"
-    from serving.images import load_image_file
 
     try:
         image = load_image_file(path)

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.adapter import AdapterInfo
+from core.model_dir import ModelDir
+from export.pipeline import export_model, native_dtype
 from llamacpp.quantize import CONVERTER_TYPES, default_quant, quantize_gguf
 from serving.engines.base import (
     Engine,
@@ -59,8 +61,6 @@ def cached_gguf(model_dir: Path, adapter: AdapterInfo | None = None, quant: str 
                 threads: int | None = None) -> Path:
     """The GGUF of the base model (adapter None, quantized to `quant`, default: base_quant) or of an adapter
     (f16 LoRA GGUF), converted once into model_dir/gguf/."""
-    from export.pipeline import export_model
-
     cache = Path(model_dir) / GGUF_DIR
     echo = lambda message: log.info("  %s", message)  # noqa: E731
     if adapter is not None:
@@ -97,9 +97,6 @@ def base_quant(model_dir: Path) -> str:
 
 def _full_precision(model_dir: Path) -> str:
     """bf16 for bf16 weights (f16 could overflow them), else f16: what the quantizer starts from."""
-    from core.model_dir import ModelDir
-    from export.pipeline import native_dtype
-
     return "bf16" if native_dtype(ModelDir(Path(model_dir))) == "bfloat16" else "f16"
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.adapter import AdapterInfo
+from core.system import resolve_device
 from handlers import is_multimodal_dir
 from serving.engines.base import (
     Engine,
@@ -38,8 +39,6 @@ BATCH_SLOTS = 32  # requests admitted at once when continuous batching is on (th
 
 def _placement(device: str, dtype: str, quantization: str):
     import torch
-
-    from core.system import resolve_device
 
     try:
         device = resolve_device(device)
