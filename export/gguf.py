@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.model_dir import write_json_atomic
 from export.job import BYTES_PER_PARAMETER, ExportError, Job, native_dtype, parameters
 from export.merged import load_merged, save_merged
 from export.target import ExportTarget
@@ -104,6 +105,23 @@ def write_lora_gguf(job: Job, dest: Path, staging: Path) -> None:
                   "--outtype", job.outtype], _log_path(job, llamacpp.LORA_CONVERTER))
 
 
+def mark_path(path: Path) -> Path:
+    """The hidden sidecar that marks a single-file export as this tool's: `.NAME.gguf.export.json`."""
+    return path.with_name(f".{path.name}.export.json")
+
+
+def _identity(path: Path) -> dict:
+    status = path.stat()
+    return {"inode": status.st_ino, "bytes": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def _mark_of(path: Path) -> dict | None:
+    try:
+        return json.loads(mark_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 class _GgufFile(ExportTarget):
     """An export that is one .gguf file made by llama.cpp's converter; --out may also be a directory for it."""
 
@@ -117,7 +135,12 @@ class _GgufFile(ExportTarget):
         return out
 
     def is_earlier_export(self, path: Path) -> bool:
-        return path.is_file() and path.suffix == ".gguf"
+        """A .gguf this tool wrote: its sidecar mark matches the file (a user's own .gguf has none, and one put
+        in an export's place since has another inode, size or time)."""
+        return path.is_file() and not path.is_symlink() and path.suffix == ".gguf" and _mark_of(path) == _identity(path)
+
+    def mark(self, path: Path) -> None:
+        write_json_atomic(mark_path(path), _identity(path))
 
 
 class GgufTarget(_GgufFile):

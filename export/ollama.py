@@ -3,16 +3,18 @@ syntax), stop parameters and system prompt reproduce the chat template the model
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from core.quoting import brief, one_line, shell_quote
 from export.gguf import convert_model, gguf_filename, model_gguf_bytes
 from export.job import ExportError, Job
 from export.merged import chat_template
 from export.target import ExportTarget
-from handlers.chat_templates import FAMILIES, MISTRAL, TemplateFamily, family_of
+from handlers.chat_templates import FAMILIES, MISTRAL, ChatTemplateError, TemplateFamily, bound_rendering, family_of
 
 MODELFILE = "Modelfile"
 SENTINEL = "\x01USER\x01"
@@ -23,13 +25,23 @@ def _render(tokenizer, messages: list[dict]) -> str | None:
 
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except ChatTemplateError:  # past its budget: a hostile template, said in one sentence
+        raise
     except (TemplateError, ValueError):  # a template that rejects the probe conversation just gives no hint
         return None
 
 
+def go_text(text: str) -> str:
+    """Literal text inside a Go template: as it is, or as a Go string action when it holds `{{` or `}}` that
+    Go would read as an action (a tokenizer's end-of-sequence token comes with the model)."""
+    if "{{" not in text and "}}" not in text:
+        return text
+    return "{{ " + json.dumps(text) + " }}"  # JSON's string escapes are valid in a Go string literal
+
+
 def go_template(family: TemplateFamily, tokenizer) -> str:
     """The family's Ollama template, adapted to this model's variant of it."""
-    template = family.go_template.replace("{eos}", getattr(tokenizer, "eos_token", None) or "")
+    template = family.go_template.replace("{eos}", go_text(getattr(tokenizer, "eos_token", None) or ""))
     if family is not MISTRAL:
         return template
     sample = _render(tokenizer, [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
@@ -54,9 +66,22 @@ def _quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
+def _parameter(stop: str) -> str:
+    """A stop PARAMETER line; a stop string that a quoted Modelfile value cannot hold is refused."""
+    if not stop.isprintable() or '"' in stop or "\\" in stop:
+        raise ExportError(f"The stop string {brief(stop)} (from the model's tokenizer) cannot be written in an "
+                          "Ollama Modelfile: it holds a quote, a backslash or a control character.")
+    return f'PARAMETER stop "{stop}"'
+
+
 def modelfile(gguf_name: str, family: TemplateFamily | None, tokenizer, header: str) -> str:
-    """The Modelfile text: FROM the GGUF beside it, TEMPLATE, stop PARAMETERs and SYSTEM when known."""
-    lines = [f"# {header}", "# Import: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
+    """The Modelfile text: FROM the GGUF beside it, TEMPLATE, stop PARAMETERs and SYSTEM when known.
+
+    Every value is written for its place: comments on one line (a path may hold a newline that would
+    otherwise start a directive), stop strings quoted, TEMPLATE and SYSTEM in triple quotes."""
+    if not gguf_name.isprintable():
+        raise ExportError(f"The GGUF name {brief(gguf_name)} holds a control character; rename the model.")
+    lines = [f"# {one_line(header)}", "# Import: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
     stops = list(family.stops) if family else []
     if family is not None:
         lines.append(f"TEMPLATE {_quoted(go_template(family, tokenizer))}")
@@ -66,7 +91,7 @@ def modelfile(gguf_name: str, family: TemplateFamily | None, tokenizer, header: 
     eos = getattr(tokenizer, "eos_token", None)
     if eos and eos not in stops:
         stops.append(eos)
-    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
+    lines += [_parameter(stop) for stop in stops]
     system = default_system_prompt(family, tokenizer)
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
@@ -83,6 +108,7 @@ def write_ollama(job: Job, dest: Path, staging: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(job.model.weights),
                                               trust_remote_code=bool(job.info.get("trust_remote_code")))
     tokenizer.chat_template = chat_template(job, tokenizer)
+    bound_rendering(tokenizer, f"the adapter in {job.adapter.path}" if job.adapter else str(job.model.root))
     family = family_of(tokenizer.chat_template)
     job.note(f"Modelfile: {family.name} template for Ollama." if family else
              "Modelfile: the chat template is none we translate, so Ollama will use the template in the GGUF's "
@@ -103,7 +129,7 @@ def check_create(name: str) -> None:
 
 def offer_create(target: Path, create: str | None, job: Job) -> None:
     """Run `ollama create` when asked; otherwise say how to."""
-    command = f"cd {target} && ollama create NAME -f {MODELFILE}"
+    command = f"cd {shell_quote(target)} && ollama create NAME -f {MODELFILE}"
     if create is None:
         job.note(f"Import into Ollama with: {command}" + ("   (or export with --create NAME)" if shutil.which("ollama")
                                                            else ""))

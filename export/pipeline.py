@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from core import __version__
 from core.adapter import AdapterError, inspect_adapter
+from core.disk import is_disk_full
 from core.model_dir import ModelDir, write_json_atomic
+from core.staging import make_staging, remove_leftovers
 from core.units import human_bytes
 from export import registry
 from export.job import EXPORT_INFO, OUTTYPES, TORCH_DTYPES, ExportError, ExportResult, Job, native_dtype
@@ -63,10 +64,13 @@ def export_model(model_dir: Path, fmt: str, out: Path | None = None, outtype: st
     staging = _staging(path)
     try:
         _check_space(staging, needed)
-        built = _build(job, target, staging, path.name)
+        built = _build(job, target, staging, path.name, needed)
         _publish(built, path)
+        target.mark(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for prefix in _staging_prefixes(path):  # what killed exports to the same place left behind
+        remove_leftovers(path.parent, prefix)
     files = _sizes(path)
     result = ExportResult(fmt, path, files, time.monotonic() - started, job.outtype,
                           Path(job.adapter.path) if job.adapter else None, job.notes)
@@ -152,35 +156,73 @@ def _note_quantized(job: Job, target: ExportTarget, adapter_path: Path) -> None:
 def _destination(job: Job, target: ExportTarget, out: Path | None) -> Path:
     if out is None:
         return job.model.root / EXPORTS_SUBDIR / target.default_name(job)
-    path = target.place(job, Path(out).expanduser().absolute())
-    if path.exists() and not target.is_earlier_export(path):
+    given = Path(out).expanduser().absolute()
+    if given.is_symlink():  # replacing it would replace the link, not what it points to
+        raise ExportError(f"--out {given} is a symbolic link (to {os.path.realpath(given)}); give the real path "
+                          "or another name.")
+    path = target.place(job, given)
+    _refuse_inside_sources(job, path)
+    if path.is_symlink() or (path.exists() and not target.is_earlier_export(path)):
         raise ExportError(f"{path} already exists and is not an earlier export; choose another --out or remove it.")
     return path
+
+
+def _refuse_inside_sources(job: Job, path: Path) -> None:
+    """An export inside the weights (or the adapter) it is made from would change them while it is read."""
+    real = Path(os.path.realpath(path.parent)) / path.name
+    sources = [(job.model.weights, "the model's weights")]
+    if job.adapter is not None:
+        sources.append((Path(job.adapter.path), "the adapter"))
+    for folder, what in sources:
+        folder = Path(os.path.realpath(folder))
+        if real == folder or folder in real.parents:
+            raise ExportError(f"--out {path} is inside {what} ({folder}), which the export reads; choose a path "
+                              "outside it.")
+
+
+def _staging_prefixes(path: Path) -> tuple[str, str]:
+    """Name prefixes of the staging folder and of the set-aside earlier export beside `path`."""
+    return f".{path.name}.tmp-", f".{path.name}.old-"
 
 
 def _staging(path: Path) -> Path:
     """A temporary directory beside `path` (same filesystem, so the final rename is atomic)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        return make_staging(path.parent, _staging_prefixes(path)[0])
     except OSError as exc:
         raise ExportError(f"Cannot write the export to {path.parent}: {exc.strerror or exc}; choose another "
                           f"--out.") from exc
 
 
+def _space_wanted(needed: int) -> int:
+    """The export's estimate with its margin: 5% more, and 64 MiB for the converter's own files and logs."""
+    return int(needed * SPACE_MARGIN + SPACE_SLACK_BYTES)
+
+
 def _check_space(directory: Path, needed: int) -> None:
     free = shutil.disk_usage(directory).free
-    if free < needed * SPACE_MARGIN + SPACE_SLACK_BYTES:
-        raise ExportError(f"Not enough disk space in {directory}: the export needs about {human_bytes(needed)} and "
-                          f"{human_bytes(free)} is free; free some space or choose another --out.")
+    if free < _space_wanted(needed):
+        raise ExportError(f"Not enough disk space in {directory}: the export needs about {human_bytes(needed)}, "
+                          f"{human_bytes(_space_wanted(needed))} with the margin kept free (5% and "
+                          f"{human_bytes(SPACE_SLACK_BYTES)}), and {human_bytes(free)} is free; free some space or "
+                          "choose another --out.")
 
 
-def _build(job: Job, target: ExportTarget, staging: Path, name: str) -> Path:
-    """Make the export inside `staging`; returns the finished file or directory there."""
+def _build(job: Job, target: ExportTarget, staging: Path, name: str, needed: int) -> Path:
+    """Make the export inside `staging`; returns the finished file or directory there. A disk that fills up
+    meanwhile is one sentence (the staging folder is removed by the caller, so nothing is left behind)."""
     built = staging / name
-    target.build(job, built, staging)
-    if built.is_dir():
-        write_json_atomic(built / EXPORT_INFO, _provenance(job))
+    try:
+        target.build(job, built, staging)
+        if built.is_dir():
+            write_json_atomic(built / EXPORT_INFO, _provenance(job))
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise ExportError(f"The disk holding {staging.parent} filled up while writing the export (it needs about "
+                          f"{human_bytes(_space_wanted(needed))}); nothing was left behind: free some space or "
+                          "choose another --out.") from exc
     return built
 
 
@@ -207,7 +249,7 @@ def _publish(built: Path, path: Path) -> None:
         os.replace(path, old)
     os.replace(built, path)
     if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def _sizes(path: Path) -> dict[str, int]:

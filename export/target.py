@@ -44,8 +44,14 @@ class ExportTarget(ABC):
         return out
 
     def is_earlier_export(self, path: Path) -> bool:
-        """`path` exists and may be replaced: an earlier export (or an empty directory), not the user's own."""
-        return path.is_dir() and ((path / EXPORT_INFO).is_file() or not any(path.iterdir()))
+        """`path` exists and may be replaced: an earlier export (or an empty directory), not the user's own.
+        A directory export is marked by the export_info.json inside it."""
+        return path.is_dir() and not path.is_symlink() and ((path / EXPORT_INFO).is_file() or not any(path.iterdir()))
+
+    def mark(self, path: Path) -> None:
+        """Record that the export now at `path` was written here, so a later export may replace it (a directory
+        export carries its mark, export_info.json, inside)."""
+        return None
 
     @abstractmethod
     def needed_bytes(self, job: Job) -> int:

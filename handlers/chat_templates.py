@@ -5,8 +5,22 @@ evaluation, serving and export all read it from here."""
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from core.errors import UserError
+
+# A rendering budget: a chat template comes with a model or an adapter, so it may be hostile (a 99999 x 99999
+# loop, or one that writes gigabytes). Real templates render a conversation in milliseconds.
+RENDER_SECONDS = 10.0
+RENDER_CHARS = 32 * 1024 * 1024
+_rendering = contextvars.ContextVar("chat_template_origin", default=None)
 
 # A neutral ChatML template for base models that ship none; saved with the adapter.
 CHATML_TEMPLATE = (
@@ -104,12 +118,92 @@ def stop_token_ids(tokenizer, template: str | None) -> list[int]:
 
 
 
-def ensure_chat_template(tokenizer, fallback: str) -> bool:
-    """Give a tokenizer without a chat template the handler's fallback; True when the fallback was used."""
+class ChatTemplateError(UserError, ValueError):
+    """A chat template that ran past its rendering budget; the message names where it came from."""
+
+
+def ensure_chat_template(tokenizer, fallback: str, origin: str | None = None) -> bool:
+    """Give a tokenizer without a chat template the handler's fallback, and bound every rendering of its
+    template (see `bound_rendering`; `origin` names the template's model, by default the tokenizer's path);
+    True when the fallback was used."""
+    bound_rendering(tokenizer, origin or getattr(tokenizer, "name_or_path", None) or "the model")
     if getattr(tokenizer, "chat_template", None):
         return False
     tokenizer.chat_template = fallback
     return True
+
+
+def bound_rendering(tokenizer, origin: str) -> None:
+    """Make every `tokenizer.apply_chat_template` call (training, DPO, evaluation, the report's samples) run
+    within RENDER_SECONDS and RENDER_CHARS of output, or raise ChatTemplateError naming `origin` (the model
+    or adapter the template came from)."""
+    original = tokenizer.apply_chat_template
+    if getattr(original, "bounded_origin", None) is not None:
+        original = original.__wrapped__
+
+    @functools.wraps(original)
+    def bounded(*args, **kwargs):
+        _bound_output(kwargs.get("chat_template") or getattr(tokenizer, "chat_template", None))
+        with rendering_budget(origin):
+            return original(*args, **kwargs)
+
+    bounded.bounded_origin = origin
+    tokenizer.apply_chat_template = bounded
+
+
+@contextmanager
+def rendering_budget(origin: str) -> Iterator[None]:
+    """Raise ChatTemplateError when rendering inside takes longer than RENDER_SECONDS.
+
+    A signal timer interrupts the template's Python loop wherever it is. Only the main thread receives
+    signals, so elsewhere (and inside another budget) only the output bound of `_bound_output` applies."""
+    nested = _rendering.get() is not None
+    token = _rendering.set(origin)
+    if nested or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        try:
+            yield
+        finally:
+            _rendering.reset(token)
+        return
+
+    def expired(_signum, _frame):
+        raise ChatTemplateError(f"The chat template of {origin} did not finish rendering one conversation in "
+                                f"{RENDER_SECONDS:g} seconds (real templates take milliseconds); fix or remove it.")
+
+    # Nothing else in train.sh's, eval's or export's process arms SIGALRM, so the timer is this budget's alone.
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, RENDER_SECONDS)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _rendering.reset(token)
+
+
+def _bounded_concat(pieces) -> str:
+    """Jinja's output join, stopping at RENDER_CHARS instead of holding gigabytes of a runaway template."""
+    kept, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        if total > RENDER_CHARS:
+            origin = _rendering.get() or "this model"
+            raise ChatTemplateError(f"The chat template of {origin} writes more than {RENDER_CHARS // 2**20} MiB "
+                                    "for one conversation (real templates write a few KiB); fix or remove it.")
+        kept.append(piece)
+    return "".join(kept)
+
+
+def _bound_output(template) -> None:
+    """Give the compiled template transformers will render (it caches one per template text) the bounded
+    join. A transformers without that cache keeps only the time bound."""
+    if not isinstance(template, str):
+        return
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return
+    _compile_jinja_template(template).environment.concat = _bounded_concat
 
 
 def template_supports_tools(tokenizer) -> bool:
@@ -133,8 +227,11 @@ def normalise_messages(messages: list[dict], tools_supported: bool) -> list[dict
 
 
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    """The conversation through the tokenizer's chat template (bounded when `bound_rendering` was applied)."""
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except ChatTemplateError:
+        raise
     except Exception:
         # Templates that reject 'tool' (or 'system') roles: fold those turns into user turns.
         return tokenizer.apply_chat_template(fold_tool_turns(messages), tokenize=False,

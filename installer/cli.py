@@ -225,6 +225,9 @@ def remove(name: str, models_dir: Path | None, yes: bool) -> None:
     """
     root = _root(models_dir)
     model = _find_model(root, name)
+    if model.root.is_symlink():  # an alias: remove the name, never the model it points to
+        _remove_alias(model.root, yes)
+        return
     target = model.root.resolve()
     if target.parent != root or not target.is_dir():
         raise click.ClickException(f"Refusing to delete {target}: it is not directly inside {root}.")
@@ -232,6 +235,15 @@ def remove(name: str, models_dir: Path | None, yes: bool) -> None:
         click.confirm(f"Delete {target} ({human_bytes(model.disk_bytes())})?", abort=True)
     shutil.rmtree(target)
     click.echo(f"Removed {target}.")
+
+
+def _remove_alias(link: Path, yes: bool) -> None:
+    """Delete the symlink `link` in the models directory; what it points to stays."""
+    pointed = link.resolve()
+    if not yes:
+        click.confirm(f"Delete the link {link} (to {pointed}, which is kept)?", abort=True)
+    link.unlink()
+    click.echo(f"Removed the link {link}; {pointed} is kept.")
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from core.adapter import AdapterError, inspect_adapter
 from core.errors import UserError
 from core.model_dir import ModelDir
 from handlers import handler_for_config
-from handlers.chat_templates import ensure_chat_template
+from handlers.chat_templates import bound_rendering, ensure_chat_template
 from training.data.formats import examples_from_source, refuse_images
 from training.data.sources import DataError, load_sources
 from training.evaluate import compare, prepare
@@ -130,6 +130,7 @@ def _tokenizer(model: ModelDir, adapter, handler):
     tokenizer = load_tokenizer(model.weights)
     if adapter is not None and adapter.chat_template:
         tokenizer.chat_template = adapter.chat_template
+        bound_rendering(tokenizer, f"the adapter in {adapter.path}")
     else:
         ensure_chat_template(tokenizer, handler.chat_template_fallback)
     return tokenizer

@@ -9,73 +9,33 @@ A missing variable is an error too.
 from __future__ import annotations
 
 import os
-import shlex
 import stat
 import sys
 from pathlib import Path
 
 from core import __version__
 from core.model_dir import ModelDir
+from core.quoting import escaped_char, rendered_text, shell_quote
+from core.quoting import one_line as comment_text
 from core.settings import INSTALLER_HOME
 
 TEMPLATES_DIR = INSTALLER_HOME / "templates"
 WRAPPERS = {"train.sh": "train.sh.j2", "start.sh": "start.sh.j2", "train_lora.py": "train_lora.py.j2"}
-# os.fsdecode maps the bytes of a path that are not UTF-8 to these lone surrogates (surrogateescape).
-_UNDECODABLE_BYTES = range(0xDC80, 0xDD00)
 
 
 class _Escaped(str):
     """A value a filter has escaped for its place in a template."""
 
 
-def _text(value) -> str:
-    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    if "\0" in text:
-        # No path, id or setting can hold NUL, and no quoting can carry it into a shell word.
-        raise ValueError(f"A rendered value contains a NUL character: {text!r}")
-    return text
-
-
-def _escaped_char(char: str) -> str:
-    """Python's backslash escape of one non-printable character (valid in Python literals, readable in comments)."""
-    return ascii(char)[1:-1]
-
-
-def _bash_char(char: str) -> str:
-    if char in "\\'":
-        return "\\" + char
-    if char.isprintable():
-        return char
-    if ord(char) in _UNDECODABLE_BYTES:
-        return f"\\x{ord(char) - 0xDC00:02x}"  # the original byte, so the shell sees the real path
-    return "".join(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
-
-
-def shell_quote(value) -> str:
-    """`value` as one shell word on one line: shlex quoting, or bash's $'...' when it holds control
-    characters (a newline, a tab) or bytes that are not UTF-8. Also for paths printed as commands to type."""
-    text = _text(value)
-    if text.isprintable():
-        return shlex.quote(text)
-    return "$'" + "".join(_bash_char(char) for char in text) + "'"
-
-
 def python_literal(value) -> str:
     """`value` as a Python string literal (repr escapes quotes, backslashes and every non-printable character)."""
-    return repr(_text(value))
+    return repr(rendered_text(value))
 
 
 def docstring_text(value) -> str:
     """`value` for the inside of a Python \"\"\"docstring\"\"\": no quote or backslash left that could end or bend it."""
-    return "".join("\\" + char if char in '\\"' else char if char.isprintable() else _escaped_char(char)
-                   for char in _text(value))
-
-
-def comment_text(value) -> str:
-    """`value` for a shell or Python comment: one line, every control or line-separator character escaped.
-
-    Not for Python lines 1-2, where a comment may declare the source encoding."""
-    return "".join(char if char.isprintable() else _escaped_char(char) for char in _text(value))
+    return "".join("\\" + char if char in '\\"' else char if char.isprintable() else escaped_char(char)
+                   for char in rendered_text(value))
 
 
 FILTERS = {"sh": shell_quote, "py": python_literal, "docstring": docstring_text, "comment": comment_text}

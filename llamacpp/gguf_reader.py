@@ -80,6 +80,111 @@ def _check_magic(path: Path) -> int:
     return size
 
 
+# GGUF value types (gguf's GGUFValueType) -> bytes of one value; strings (8) and arrays (9) vary in size.
+_FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_MAX_DIMS = 8  # ggml has 4; anything past a few is a damaged header, never a real tensor
+_MAX_NESTING = 8  # arrays of arrays of ...: real files nest at most once
+
+
+class _HeaderWalk:
+    """Walks a GGUF header with every length checked against the file's size before it is used.
+
+    gguf's own reader trusts the lengths: an array claiming 2**40 elements makes it loop (and allocate)
+    without bound past the end of the file. This walk reads only fixed-size integers, seeks over the
+    data, and refuses a length that cannot fit in what remains, so its work is bounded by the file size.
+    """
+
+    def __init__(self, path: Path, handle, size: int, order: str) -> None:
+        self.path, self.handle, self.size, self.order = path, handle, size, order
+
+    def damaged(self, what: str) -> TruncatedGGUFError:
+        """The error for a length that runs past the end of the file."""
+        return TruncatedGGUFError(
+            f"{self.path} is truncated or damaged: its header claims {what}, more than its {self.size:,} bytes hold."
+        )
+
+    def need(self, count: int, each: int, what: str) -> None:
+        """Refuse `count` items of at least `each` bytes when the rest of the file cannot hold them."""
+        if count * each > self.size - self.handle.tell():
+            raise self.damaged(what)
+
+    def uint(self, width: int, what: str) -> int:
+        """One unsigned little- or big-endian integer of `width` bytes."""
+        self.need(1, width, what)
+        return int.from_bytes(self.handle.read(width), self.order)
+
+    def skip(self, count: int) -> None:
+        """Move past `count` bytes (already checked to be there)."""
+        self.handle.seek(count, os.SEEK_CUR)
+
+    def string(self, what: str) -> None:
+        """A length-prefixed string, skipped once its length is known to fit."""
+        length = self.uint(8, what)
+        self.need(length, 1, f"a {length:,}-byte {what}")
+        self.skip(length)
+
+    def value(self, kind: int, depth: int = 0) -> None:
+        """One metadata value of GGUF type `kind`, skipped."""
+        if kind in _FIXED_SIZES:
+            self.need(1, _FIXED_SIZES[kind], "a value")
+            self.skip(_FIXED_SIZES[kind])
+        elif kind == _STRING:
+            self.string("string value")
+        elif kind == _ARRAY and depth < _MAX_NESTING:
+            self.array(depth + 1)
+        else:
+            raise TruncatedGGUFError(f"{self.path} is damaged: its header holds a value of unknown type {kind}.")
+
+    def array(self, depth: int) -> None:
+        """An array: its element type and count, then its elements (each at least one byte, strings eight)."""
+        kind = self.uint(4, "an array type")
+        count = self.uint(8, "an array length")
+        each = _FIXED_SIZES.get(kind, 8 if kind == _STRING else 12)
+        self.need(count, each, f"an array of {count:,} elements")
+        if kind in _FIXED_SIZES:
+            self.skip(count * each)
+            return
+        for _ in range(count):
+            self.value(kind, depth)
+
+    def tensor_info(self) -> None:
+        """One tensor's name, dimensions, type and offset."""
+        self.string("tensor name")
+        dims = self.uint(4, "a tensor's dimension count")
+        if dims > _MAX_DIMS:
+            raise TruncatedGGUFError(f"{self.path} is damaged: a tensor in its header claims {dims:,} dimensions.")
+        self.need(1, dims * 8 + 4 + 8, "a tensor's dimensions, type and offset")
+        self.skip(dims * 8 + 4 + 8)
+
+    def walk(self) -> None:
+        """The whole header: counts, every key and value, every tensor's info."""
+        self.handle.seek(8)  # magic and version
+        tensors, entries = self.uint(8, "a tensor count"), self.uint(8, "a metadata count")
+        self.need(tensors, 24, f"{tensors:,} tensors")  # a name length, dims, type and offset at least
+        self.need(entries, 13, f"{entries:,} metadata entries")  # a key length, a type and a value at least
+        for _ in range(entries):
+            self.string("metadata key")
+            self.value(self.uint(4, "a value type"))
+        for _ in range(tensors):
+            self.tensor_info()
+
+
+def check_header_lengths(path: Path, size: int) -> None:
+    """TruncatedGGUFError when any length in the header (strings, arrays, counts, dims) cannot fit in the
+    file; reads the header only, in work bounded by the file's size, before gguf's reader trusts it."""
+    with path.open("rb") as handle:
+        handle.seek(4)
+        raw = handle.read(4)
+        if len(raw) < 4:
+            raise TruncatedGGUFError(f"{path} is truncated: it ends inside its header.")
+        # gguf writes the version in the file's byte order; a big-endian file reads as a huge little one.
+        order = "little" if int.from_bytes(raw, "little") & 0xFFFF else "big"
+        if int.from_bytes(raw, order) not in (2, 3):
+            return  # gguf's reader names the unsupported version itself
+        _HeaderWalk(path, handle, size, order).walk()
+
+
 def _field(reader, key: str):
     entry = reader.fields.get(key)
     if entry is None:
@@ -93,6 +198,7 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
 
     path = Path(path).expanduser()
     size = _check_magic(path)
+    check_header_lengths(path, size)
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except (ValueError, IndexError, OverflowError, UnicodeDecodeError) as exc:

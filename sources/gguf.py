@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.staging import make_staging, remove_leftovers
 from llamacpp.gguf_reader import DEQUANTIZED_NOTE, GGUFInfo, check_supported, convert_gguf, read_gguf_info, transformers_config
 from sources.base import ModelMetadata, RepoFile, Source, SourceError, shown
 from sources.fetch import fetch_from_hub, verify
@@ -17,6 +17,7 @@ from sources.local import local_metadata
 from sources.selection import Selection
 
 HUB_DOWNLOAD_SUBDIR = ".gguf-download"
+CONVERT_PREFIX = ".convert-"
 
 
 @dataclass
@@ -86,8 +87,9 @@ def fetch_hub_file(source: GGUFSource, root: Path) -> Path:
 
 
 def convert_into(info: GGUFInfo, weights: Path, echo: Callable[[str], None]) -> None:
-    """Convert the GGUF next to `weights`, then move the result into place (never a half-written model/)."""
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=weights.parent))
+    """Convert the GGUF next to `weights`, then move the result into place (never a half-written model/); the
+    staging folders of killed conversions are removed once this one succeeds."""
+    staging = make_staging(weights.parent, CONVERT_PREFIX)
     try:
         convert_gguf(info.path, staging, echo=echo)
         if weights.exists():
@@ -95,6 +97,7 @@ def convert_into(info: GGUFInfo, weights: Path, echo: Callable[[str], None]) -> 
         os.replace(staging, weights)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_leftovers(weights.parent, CONVERT_PREFIX)
 
 
 def converted_metadata(source: GGUFSource, info: GGUFInfo, weights: Path) -> ModelMetadata:

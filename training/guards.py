@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import shutil
 from pathlib import Path
 
+from core.disk import is_disk_full
 from core.errors import UserError
 from core.units import human_bytes
+
+__all__ = ["BusyError", "DiskFullError", "RunLock", "check_disk", "disk_full_error", "is_disk_full"]
 
 LOCK_NAME = ".train.lock"
 HELD_ENV = "LLM_INSTALLER_TRAIN_LOCK_HELD"  # set for workers whose launcher holds the lock
@@ -78,37 +80,58 @@ def checkpoint_bytes(trainable: int) -> int:
     return trainable * 4 * 4
 
 
+def adapter_bytes(trainable: int) -> int:
+    """One saved adapter (safetensors and .bin, float32)."""
+    return trainable * 4 * 2
+
+
 def required_bytes(trainable: int, keep: int) -> int:
     """What a run writes at most: `keep` numbered checkpoints (+1 being written), best, last, ./lora and lora.prev."""
-    per = checkpoint_bytes(trainable)
-    adapter = trainable * 4 * 2
-    return int(DISK_MARGIN * ((keep + 1) * per + 4 * adapter) + FIXED_BYTES)
+    return sum(_needs(trainable, keep).values())
 
 
-def check_disk(directory: Path, trainable: int, keep: int) -> None:
-    """Refuse to start when the model directory's filesystem cannot hold the run's outputs."""
-    need = required_bytes(trainable, keep)
-    free = shutil.disk_usage(directory).free
-    if free < need:
-        raise DiskFullError(f"Training needs about {human_bytes(need)} free in {directory} for checkpoints and the adapter "
-                            f"({keep} checkpoints kept, --save-total-limit), but only {human_bytes(free)} is free; free "
-                            "some space or lower --save-total-limit.")
+def _needs(trainable: int, keep: int) -> dict[str, int]:
+    """What a run writes, split by where: the working directory (checkpoints, best/, last/, logs) and the
+    adapter's folder (--output and lora.prev), each with the margin."""
+    work = (keep + 1) * checkpoint_bytes(trainable) + 2 * adapter_bytes(trainable)
+    return {"work": int(DISK_MARGIN * work + FIXED_BYTES), "output": int(DISK_MARGIN * 2 * adapter_bytes(trainable))}
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT, including torch's and safetensors' own wording of a short write."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(exc)
-        if "No space left on device" in text or "unexpected pos" in text or "file write failed" in text:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest existing parent (--output may not exist yet): where its bytes will land."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
-def disk_full_error(directory: Path, trainable: int, keep: int) -> DiskFullError:
-    return DiskFullError(f"The disk holding {directory} is full (about {human_bytes(required_bytes(trainable, keep))} is "
-                         f"needed, {human_bytes(shutil.disk_usage(directory).free)} is free); the previous ./lora is "
+def disk_needs(directory: Path, trainable: int, keep: int, output: Path | None = None) -> list[tuple[Path, int]]:
+    """(folder, bytes needed on its filesystem) for each filesystem the run writes: the working directory
+    `directory`, and the parent of --output `output` when that lies on another disk."""
+    needs = _needs(trainable, keep)
+    if output is None:
+        return [(directory, sum(needs.values()))]
+    target = _existing(output.parent)
+    if os.stat(_existing(directory)).st_dev == os.stat(target).st_dev:
+        return [(directory, sum(needs.values()))]
+    return [(directory, needs["work"]), (output.parent, needs["output"])]
+
+
+def check_disk(directory: Path, trainable: int, keep: int, output: Path | None = None) -> None:
+    """Refuse to start when a filesystem the run writes (the model directory's, and --output's when it is
+    another) cannot hold what goes there."""
+    for where, need in disk_needs(directory, trainable, keep, output):
+        free = shutil.disk_usage(_existing(where)).free
+        if free < need:
+            raise DiskFullError(f"Training needs about {human_bytes(need)} free in {where} for checkpoints and the "
+                                f"adapter ({keep} checkpoints kept, --save-total-limit), but only {human_bytes(free)} "
+                                "is free; free some space, lower --save-total-limit or choose another --output.")
+
+
+def disk_full_error(directory: Path, trainable: int, keep: int, output: Path | None = None) -> DiskFullError:
+    """The one sentence for a disk that filled up during the run, naming the disk with the least room left
+    for its share (the model directory's, or --output's)."""
+    shares = disk_needs(directory, trainable, keep, output)
+    where, need = min(shares, key=lambda share: shutil.disk_usage(_existing(share[0])).free - share[1])
+    return DiskFullError(f"The disk holding {where} is full (about {human_bytes(need)} is needed, "
+                         f"{human_bytes(shutil.disk_usage(_existing(where)).free)} is free); the previous ./lora is "
                          "intact and --resume continues from the last complete checkpoint once space is freed.")
-

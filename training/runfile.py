@@ -14,6 +14,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from core.quoting import brief
 from training.data.spec import data_for_run_file, data_from_run_file, parse_data, portable_path
 from training.errors import ConfigError
 
@@ -23,6 +24,11 @@ RUN_FILE = "run.yaml"
 NOT_SAVED = ("config", "model_dir", "resume", "resume_from", "tensorboard_only")
 KINDS = {int: "a whole number", float: "a number", Path: "a path", str: "text"}
 _UNSET = object()
+# Bounds on a run file, checked before any value is used: a real one is a few hundred bytes of flat keys. YAML
+# aliases make a tiny document a huge tree ("billion laughs"), so the tree is counted as if expanded.
+MAX_RUN_FILE_BYTES = 1024 * 1024
+MAX_RUN_FILE_VALUES = 100_000
+MAX_RUN_FILE_DEPTH = 32
 
 
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -46,12 +52,21 @@ def merged_values(parser: argparse.ArgumentParser, argv: list[str] | None) -> di
     return values
 
 
-def _load(path: Path):
+def _read_text(path: Path) -> str:
+    """The run file's text, refused past MAX_RUN_FILE_BYTES without reading more than that."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_RUN_FILE_BYTES + 1)
+        if len(data) > MAX_RUN_FILE_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_RUN_FILE_BYTES // 1024} KiB, which no run file needs; "
+                              "is it the right file?")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"Cannot read the run file {path}: {reason}.") from None
+
+
+def _parse(path: Path, text: str):
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -68,6 +83,37 @@ def _load(path: Path):
         raise ConfigError(f"{path} is not valid YAML: {problem}{where}.") from None
 
 
+def _check_bounds(path: Path, document) -> None:
+    """ConfigError when the document, with every YAML alias expanded, holds more than MAX_RUN_FILE_VALUES
+    values or nests deeper than MAX_RUN_FILE_DEPTH; stops counting at the bound, so its work is bounded too."""
+    pending, count = [(document, 0)], 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > MAX_RUN_FILE_VALUES:
+            raise ConfigError(f"{path} expands to more than {MAX_RUN_FILE_VALUES:,} values (YAML aliases repeat "
+                              "what they name); a run file is a flat list of flags.")
+        if depth > MAX_RUN_FILE_DEPTH:
+            raise ConfigError(f"{path} nests more than {MAX_RUN_FILE_DEPTH} levels deep; a run file is a flat "
+                              "list of flags.")
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else \
+            value if isinstance(value, list) else ()
+        for child in children:
+            pending.append((child, depth + 1))
+
+
+def _load(path: Path):
+    """The run file's document, bounded in size, alias expansion and depth before anything uses it."""
+    text = _read_text(path)
+    try:
+        document = _parse(path, text)
+    except RecursionError:  # brackets nested thousands deep: the parsers recurse once per level
+        raise ConfigError(f"{path} nests more than {MAX_RUN_FILE_DEPTH} levels deep; a run file is a flat "
+                          "list of flags.") from None
+    _check_bounds(path, document)
+    return document
+
+
 def _field_name(key, known: list[str], path: Path) -> str:
     name = key.strip().replace("-", "_") if isinstance(key, str) else ""
     if name == "config":
@@ -76,7 +122,7 @@ def _field_name(key, known: list[str], path: Path) -> str:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean '{close[0].replace('_', '-')}'?" if close else \
             "the keys are the long names of ./train.sh --help's flags."
-        raise ConfigError(f"{path}: unknown key '{key}'; {hint}")
+        raise ConfigError(f"{path}: unknown key {brief(key)}; {hint}")
     return name
 
 
@@ -111,19 +157,19 @@ def _convert(name: str, value, action: argparse.Action, base: Path, path: Path):
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: '{key}' must be true or false, not {value!r}.")
+            raise ConfigError(f"{path}: '{key}' must be true or false, not {brief(value)}.")
         return value
     if action.nargs == "?" and value is True:  # a flag whose value is optional, given without one
         return action.const
     kind = KINDS.get(action.type, "a value")
     if isinstance(value, bool | list | dict):
-        raise ConfigError(f"{path}: '{key}' must be {kind}, not {value!r}.")
+        raise ConfigError(f"{path}: '{key}' must be {kind}, not {brief(value)}.")
     try:
         converted = action.type(str(value)) if action.type else str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{path}: '{key}' must be {kind}, not {value!r}.") from None
+        raise ConfigError(f"{path}: '{key}' must be {kind}, not {brief(value)}.") from None
     if action.choices is not None and converted not in action.choices:
-        raise ConfigError(f"{path}: '{key}' must be one of {', '.join(map(str, action.choices))}, not {value!r}.")
+        raise ConfigError(f"{path}: '{key}' must be one of {', '.join(map(str, action.choices))}, not {brief(value)}.")
     if isinstance(converted, Path):
         converted = converted.expanduser()
         converted = converted if converted.is_absolute() else base / converted

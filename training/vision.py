@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
 
-from handlers.chat_templates import part_messages
+from handlers.chat_templates import bound_rendering, part_messages
 from handlers.generic import discover_linear_targets
 from training.data.files import DataError
 from training.data.formats import Example
@@ -63,6 +63,7 @@ def load_processor(model_path: Path, trust_remote_code: bool = False):
                              f"rendered.")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    bound_rendering(processor, str(model_path))  # a hostile template fails in one sentence, not a hang
     return processor
 
 

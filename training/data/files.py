@@ -68,8 +68,26 @@ def open_regular(path: Path) -> BinaryIO:
 
 def sha256(path: Path) -> str:
     """The file's SHA-256, read in chunks."""
+    return sha256_and_identity(path)[0]
+
+
+def identity(path: Path) -> tuple[int, ...]:
+    """What tells one version of a file from another: device, inode, size and modification time (empty for a
+    path that cannot be looked at: reading it then says why)."""
+    try:
+        return _identity(os.stat(path))
+    except OSError:
+        return ()
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def sha256_and_identity(path: Path) -> tuple[str, tuple[int, ...]]:
+    """The file's SHA-256 and the identity of the very file that was hashed (see `identity`)."""
     with open_regular(path) as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest(), _identity(os.fstat(handle.fileno()))
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.quoting import brief
 from training.errors import ConfigError
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".parquet")
@@ -32,11 +33,11 @@ class DataEntry:
 def check_weight(value, where: str) -> float:
     """A weight as a positive finite number; ConfigError naming `where` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{where}: the weight must be a number above 0, not {value!r}.")
+        raise ConfigError(f"{where}: the weight must be a number above 0, not {brief(value)}.")
     try:
         weight = float(value)
     except ValueError:
-        raise ConfigError(f"{where}: the weight must be a number above 0, not {value!r}.") from None
+        raise ConfigError(f"{where}: the weight must be a number above 0, not {brief(value)}.") from None
     if not math.isfinite(weight) or weight <= 0:
         raise ConfigError(f"{where}: the weight must be a number above 0 (a fraction trains on that share of the "
                           f"source), not {value}.")
@@ -92,7 +93,7 @@ def data_from_run_file(value, base: Path, where: str) -> str:
         if isinstance(item, dict):
             unknown = [key for key in item if key not in ENTRY_KEYS]
             if unknown:
-                raise ConfigError(f"{label} has the unknown key {unknown[0]!r}; an entry has 'path' and 'weight'.")
+                raise ConfigError(f"{label} has the unknown key {brief(unknown[0])}; an entry has 'path' and 'weight'.")
             if not isinstance(item.get("path"), str) or not item["path"].strip():
                 raise ConfigError(f"{label} needs a 'path' (anything --data accepts).")
             parsed = parse_data(item["path"])
@@ -104,7 +105,7 @@ def data_from_run_file(value, base: Path, where: str) -> str:
         elif isinstance(item, str):
             parsed = parse_data(item)
         else:
-            raise ConfigError(f"{label} must be a path or a {{path: ..., weight: ...}} entry, not {item!r}.")
+            raise ConfigError(f"{label} must be a path or a {{path: ..., weight: ...}} entry, not {brief(item)}.")
         if not parsed:
             raise ConfigError(f"{label} names no data.")
         entries += [DataEntry(_rebase(e.spec, base), e.weight) for e in parsed]
