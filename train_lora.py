@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not is_main_process():
         logging.getLogger().setLevel(logging.WARNING)  # one log: the main process's
     try:
-        if not in_worker() and config.tensorboard_only is None:
+        if not in_worker() and config.tensorboard_only is None and not config.dry_run:
             processes = _processes(config)
             if processes > 1:
                 return _launch(config, processes, sys.argv[1:] if argv is None else argv)

@@ -19,7 +19,7 @@ from training.runfile import merged_values
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
 OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
-METHODS = ("lora", "qlora", "dpo")
+METHODS = ("lora", "qlora", "dpo", "kto")
 DEFAULT_DPO_BETA = 0.1
 DEFAULT_TENSORBOARD_PORT = 6006
 
@@ -96,11 +96,16 @@ class TrainConfig:
     lora_dropout: float = _opt("LoRA dropout.", 0.05)
     target_modules: str | None = _opt("Comma-separated module names to adapt, or 'all-linear' "
                                       "(default: the handler's).", None)
-    method: str = _opt("lora; qlora (4-bit nf4 base weights); or dpo (preference pairs, DPO loss, the base with the "
-                       "adapter switched off as reference; chosen automatically for prompt/chosen/rejected data).",
+    method: str = _opt("lora; qlora (4-bit nf4 base weights); dpo (preference pairs, DPO loss, the base with the "
+                       "adapter switched off as reference; chosen automatically for prompt/chosen/rejected data); "
+                       "or kto (answers labelled desirable/undesirable; chosen automatically for labelled data).",
                        "lora", choices=METHODS)
     dpo_beta: float = _opt("DPO temperature beta: how far the tuned model may move from the reference.",
                            DEFAULT_DPO_BETA)
+    kto_beta: float = _opt("KTO temperature beta (labelled answers: records with 'label' true or false).",
+                           DEFAULT_DPO_BETA)
+    desirable_weight: float = _opt("KTO: weight of a desirable answer's loss (TRL's desirable_weight).", 1.0)
+    undesirable_weight: float = _opt("KTO: weight of an undesirable answer's loss (TRL's undesirable_weight).", 1.0)
     from_adapter: Path | None = _opt("Start from this existing LoRA adapter (e.g. ./lora after SFT, before DPO) "
                                      "instead of a fresh one.", None)
     train_vision_tower: bool = _opt("Multimodal models: also adapt the vision tower (default: the language model "
@@ -109,6 +114,12 @@ class TrainConfig:
     optimizer: str = _opt("Optimizer.", "adamw_torch", choices=OPTIMIZERS)
     dataset_format: str | None = _opt("Force a dataset format instead of detecting it.", None, choices=FORMATS)
     max_examples: int | None = _opt("Use at most this many examples.", None)
+    strict_data: bool = _opt("Refuse the data when a record has no answer or its answer is cut off entirely by "
+                             "--max-seq-length (default: skip such records and count them in the log).", False)
+    dry_run: bool = _opt("Read, detect, convert, tokenize and plan as a run would, print what would be trained "
+                         "(formats, counts, the first examples with the trained parts marked) and exit without "
+                         "training.", False)
+    json: bool = _opt("With --dry-run: print one JSON object instead of text.", False)
     validation_split: float = _opt("Fraction of examples held out for validation.", 0.1)
     seed: int = _opt("Random seed (shuffling, split, initialisation).", 42)
     train_on_prompt: bool = _opt("Also compute loss on prompt/user tokens.", False)
@@ -166,6 +177,10 @@ class TrainConfig:
             (self.method == "qlora" and self.use_8bit, "--method qlora and --use-8bit exclude each other."),
             (self.resume and self.resume_from is not None, "Give --resume or --resume-from, not both."),
             (self.dpo_beta <= 0, "--dpo-beta must be positive (default 0.1)."),
+            (self.kto_beta <= 0, "--kto-beta must be positive (default 0.1)."),
+            (self.desirable_weight <= 0 or self.undesirable_weight <= 0,
+             "--desirable-weight and --undesirable-weight must be positive (default 1)."),
+            (self.json and not self.dry_run, "--json goes with --dry-run (it prints the dry run as JSON)."),
         ]
         for failed, message in checks:
             if failed:

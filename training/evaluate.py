@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from handlers.chat_templates import stop_token_ids
 from training.data.formats import Example
+from training.data.formats.base import EmptyRecord
 from training.data.packing import collate, pack_rows
 from training.data.preference import chosen_example
 from training.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_example
@@ -81,9 +82,15 @@ def prepare(tokenizer, examples: list[Example], max_length: int) -> EvalSet:
     """Tokenize `examples` as training does (loss on answers only), keeping those with answer tokens."""
     items, dropped = [], 0
     for example in examples:
-        if example.format == "preference":
+        if example.format in ("preference", "kto"):
+            if example.label is False:  # an undesirable KTO answer is no reference to score against
+                continue
             example = chosen_example(example)
-        tokenized = tokenize_example(tokenizer, example, max_length)
+        try:
+            tokenized = tokenize_example(tokenizer, example, max_length)
+        except EmptyRecord:  # nothing to score (no answer): counted, as training skips it
+            dropped += 1
+            continue
         if tokenized.trainable == 0:
             dropped += 1
             continue

@@ -23,7 +23,7 @@ from training.launch import device_name
 from training.modeling import ModelLoadError
 from training.objectives.sft import SFTObjective
 from training.outputs import prune_checkpoints
-from training.schedule import examples_for_cycle, lr_factor, steps_for_epoch, total_steps
+from training.schedule import evaluation_points, examples_for_cycle, lr_factor, steps_for_epoch, total_steps
 
 log = logging.getLogger("train")
 ADAPTIVE_LR_FACTOR = 0.5
@@ -213,7 +213,7 @@ class Trainer:
             self.state.examples_per_step = examples_for_cycle(self.plan, epoch, count)
             steps = epoch_steps(count, self.state.examples_per_step, self.seed, epoch)
             limit = steps_for_epoch(self.plan, epoch, count)
-            check_every = max(1, limit // max(1, self.state.evals_per_epoch))
+            points = evaluation_points(limit, self.state.evals_per_epoch)
             for index in range(self.state.step_in_epoch, limit):
                 lr = self._set_lr()
                 step_loss, stopping = self._agree(self.train_step(steps[index]), stop.requested is not None)
@@ -229,7 +229,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{step_loss / max(1, tokens):.4f}", epoch=epoch + 1)
-                if (index + 1) % check_every == 0 or index == limit - 1 or stopping:
+                if index + 1 in points or stopping:
                     self.state.elapsed = time.monotonic() - started
                     self._evaluation(window_loss / max(1, window_tokens), self._metrics(window_stats, window_tokens))
                     window_loss, window_tokens = 0.0, 0

@@ -63,6 +63,14 @@ def steps_for_epoch(plan: Plan, epoch: int, count: int) -> int:
     return steps
 
 
+def evaluation_points(steps: int, evaluations: int) -> set[int]:
+    """The steps of an epoch (1-based) after which to evaluate: `evaluations` points spread evenly, the last at
+    the epoch's end, each at most once (so an epoch of 113 steps with two evaluations evaluates after steps 57
+    and 113, never after 112 and again after 113)."""
+    evaluations = max(1, min(evaluations, steps))
+    return {math.ceil(k * steps / evaluations) for k in range(1, evaluations + 1)}
+
+
 def total_steps(plan: Plan, count: int) -> int:
     """Optimizer steps the plan takes if nothing stops it (0 when unbounded)."""
     if math.isinf(plan.epochs):

@@ -20,6 +20,16 @@ def _perplexity(loss: float | None) -> float | None:
     return math.exp(min(loss, 50)) if loss is not None else None
 
 
+def skipped_records(skipped: list) -> dict:
+    """The records left out of training (no answer, or an answer cut off entirely): how many for each reason and
+    the first few by file and record number."""
+    reasons: dict[str, int] = {}
+    for _example, why in skipped:
+        reasons[why] = reasons.get(why, 0) + 1
+    return {"count": len(skipped), "reasons": reasons,
+            "first": [{"source": e.origin, "record": e.index + 1, "reason": why} for e, why in skipped[:10]]}
+
+
 def adapter_info(ctx: RunContext, monitor: Monitor, state, reason: str, baseline: float | None, which: str,
                  resumed: Path | None, validated: bool) -> dict:
     """The record saved beside the adapter (and read by start.sh, export and the report)."""
@@ -38,6 +48,7 @@ def adapter_info(ctx: RunContext, monitor: Monitor, state, reason: str, baseline
         "task_type": data.task,
         "examples": len(data.examples),
         "truncated_examples": data.truncated,
+        "skipped_records": skipped_records(data.objective.skipped),
         "mode": cfg.mode,
         "circular": cfg.circular,
         "force_epochs": cfg.force_epochs,

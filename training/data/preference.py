@@ -7,7 +7,8 @@ from training.data.formats import Example
 
 
 def chosen_example(example: Example) -> Example:
-    """A preference pair as the SFT example of its chosen answer (what evaluation scores answers against)."""
+    """A preference pair (or a KTO example) as the SFT example of its chosen (or labelled) answer: what evaluation
+    scores answers against."""
     if example.is_chat:
         return Example("openai", example.origin, example.index, messages=example.messages + example.chosen)
     return Example("completion", example.origin, example.index, prompt=example.prompt, completion=example.chosen)

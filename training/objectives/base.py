@@ -8,11 +8,13 @@ from typing import Any, Protocol
 
 
 class Objective(Protocol):
-    """A training objective. Implementations: training/objectives/sft.py, training/objectives/dpo.py."""
+    """A training objective. Implementations: training/objectives/sft.py, dpo.py, kto.py."""
 
     name: str  # as --method and adapter_info.json spell it ("sft", "dpo")
     metrics: tuple[str, ...]  # extra per-weight statistics the loss module returns (logged, TensorBoard, history)
     learning_rate_factor: float  # times the handler's default learning rate when --learning-rate is not given
+    examples: list  # after tokenize: the examples kept, in the order of tokenize's result
+    skipped: list  # after tokenize: (example, reason) of the records left out
 
     @classmethod
     def wants(cls, cfg, examples: list, multimodal: bool) -> bool:
@@ -26,7 +28,10 @@ class Objective(Protocol):
         ...
 
     def tokenize(self, tokenizer, examples: list, max_length: int, train_on_prompt: bool) -> list:
-        """The examples as what the loop trains on (Tokenized examples, tokenized pairs, ...)."""
+        """The examples as what the loop trains on (Tokenized examples, tokenized pairs, ...). Afterwards
+        `self.examples` pairs with what it returned (a long text document once per window) and `self.skipped`
+        holds (example, why) for each record left out (no answer, or its answer cut off entirely), unless
+        --strict-data made those a DataError."""
         ...
 
     def before_training(self, trainer, split, start, checkpoints: Path, resumed: Path | None) -> None:

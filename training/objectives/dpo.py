@@ -29,6 +29,7 @@ from training.data.formats import Example
 from training.data.packing import PackedRow, collate, pack_members
 from training.data.sources import DataError
 from training.data.tokenize import (
+    CUT_OFF,
     IGNORE_INDEX,
     Tokenized,
     _label_from_spans,
@@ -132,18 +133,24 @@ def _sequence(tokenizer, example: Example, answer, max_length: int) -> Tokenized
     return Tokenized(ids[:max_length], labels[:max_length], len(ids) > max_length)
 
 
-def tokenize_pairs(tokenizer, examples: list[Example], max_length: int) -> list[TokenizedPair]:
+def tokenize_pairs(tokenizer, examples: list[Example], max_length: int,
+                   skipped: list | None = None) -> list[TokenizedPair]:
     """Every preference example as a TokenizedPair; DataError naming the record when an answer has no token
-    left after truncation, or both answers tokenize the same."""
+    left after truncation (given `skipped`, such a pair is left out and listed there as (example, reason)
+    instead), or both answers tokenize the same."""
     pairs = []
     for example in examples:
         where = f"{example.origin}, record {example.index + 1}"
         pair = TokenizedPair(_sequence(tokenizer, example, example.chosen, max_length),
                              _sequence(tokenizer, example, example.rejected, max_length))
-        for name, sequence in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            if sequence.trainable <= 1:  # the first token predicts nothing once packed
-                raise DataError(f"{where}: the {name} answer was cut off by --max-seq-length {max_length} "
-                                "(the prompt fills it); raise it or shorten the prompt.")
+        cut = [name for name, sequence in (("chosen", pair.chosen), ("rejected", pair.rejected))
+               if sequence.trainable <= 1]  # the first token predicts nothing once packed
+        if cut and skipped is not None:
+            skipped.append((example, CUT_OFF))
+            continue
+        if cut:
+            raise DataError(f"{where}: the {cut[0]} answer was cut off by --max-seq-length {max_length} "
+                            "(the prompt fills it); raise it or shorten the prompt.")
         if pair.chosen.input_ids == pair.rejected.input_ids:
             raise DataError(f"{where}: 'chosen' and 'rejected' are the same once tokenized (up to --max-seq-length "
                             f"{max_length}), so there is no preference to learn.")
@@ -225,10 +232,16 @@ class PreferenceObjective:
 
     @classmethod
     def from_config(cls, cfg) -> PreferenceObjective:
-        return cls(cfg.dpo_beta)
+        return cls(cfg.dpo_beta, getattr(cfg, "strict_data", False))
 
     def tokenize(self, tokenizer, examples: list[Example], max_length: int, train_on_prompt: bool):
-        return tokenize_pairs(tokenizer, examples, max_length)  # resolve_method refused --train-on-prompt
+        """Tokenized pairs (resolve_method refused --train-on-prompt); a pair whose answer the sequence length
+        cuts off is skipped and counted, or refused with --strict-data."""
+        self.skipped = []
+        pairs = tokenize_pairs(tokenizer, examples, max_length, None if self.strict else self.skipped)
+        skipped = {id(example) for example, _ in self.skipped}
+        self.examples = [e for e in examples if id(e) not in skipped]
+        return pairs
 
     def before_training(self, trainer, split, start, checkpoints: Path, resumed: Path | None) -> None:
         prepare_reference(trainer, split, start, checkpoints, resumed)
@@ -236,9 +249,12 @@ class PreferenceObjective:
     def summary(self, trainer, monitor, validated: bool) -> dict:
         return {"preference": preference_summary(trainer, monitor, validated)}
 
-    def __init__(self, beta: float) -> None:
+    def __init__(self, beta: float, strict: bool = False) -> None:
         self.beta = beta
+        self.strict = strict  # --strict-data: refuse pairs whose answer is cut off instead of skipping them
         self.reference = "the base model (adapter switched off)"  # described by prepare_reference
+        self.examples: list[Example] = []  # after tokenize: the kept examples
+        self.skipped: list[tuple[Example, str]] = []  # after tokenize: (example, why) of those left out
 
     def loss_module(self, model, use_liger: bool):
         return preference_loss_module(model, self.beta)
@@ -315,8 +331,9 @@ def prepare_reference(trainer, split, start, checkpoints: Path, resumed: Path | 
         f"the starting adapter ({start.path})" if start else "the starting adapter (checkpoints/reference)")
     # a fresh run holds the starting adapter already: no weights to swap in
     compute_reference(trainer, split.train + split.val, None if start else weights, adapter_on=start is not None)
-    log.info("DPO reference: %s; log-probabilities of %d pairs computed in %.1fs.", trainer.objective.reference,
-             len(split.train) + len(split.val), time.monotonic() - started)
+    log.info("%s reference: %s; log-probabilities of %d %s computed in %.1fs.", trainer.objective.name.upper(),
+             trainer.objective.reference, len(split.train) + len(split.val),
+             "pairs" if trainer.objective.name == "dpo" else "examples", time.monotonic() - started)
 
 
 def preference_summary(trainer, monitor, validated: bool) -> dict:

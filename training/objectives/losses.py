@@ -137,6 +137,58 @@ def dpo_sigmoid_loss(policy_chosen, policy_rejected, reference_chosen, reference
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
+def kto_loss(policy, policy_kl, reference, reference_kl, desirable, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0):
+    """KTO's loss per example, the KL estimate and the implicit rewards (TRL's KTOTrainer, loss_type "kto").
+
+    `policy`/`reference` are the summed log-probabilities of each example's answer, `policy_kl`/`reference_kl`
+    those of the mismatched (prompt, another example's answer) sequences, `desirable` a bool per example.
+    kl = max(0, mean(policy_kl - reference_kl)), detached; with r = policy - reference, a desirable example's loss
+    is w_d (1 - sigmoid(beta (r - kl))), an undesirable one's w_u (1 - sigmoid(beta (kl - r))). TRL's loss is the
+    mean of these; its rewards are beta * r, detached.
+    """
+    import torch
+
+    kl = (policy_kl - reference_kl).mean().detach().clamp(min=0)
+    ratio = policy - reference
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))))
+    return losses, kl, beta * ratio.detach()
+
+
+def _kto_loss_module():
+    class KTOLoss(_preference_loss_module()):
+        """forward(input_ids, position_ids, labels, owners, reference, desirable) -> (sum of example losses,
+        examples, statistics). Rows hold packed sequences: 2k the answer of example k, 2k+1 its KL sequence (its
+        prompt with another example's answer). Without `reference` it returns their log-probabilities (the
+        reference pass). Statistics, summed over examples: [kl, reward toward the label (beta r for a desirable
+        answer, -beta r for an undesirable one)]."""
+
+        def __init__(self, model, beta: float, desirable_weight: float, undesirable_weight: float) -> None:
+            super().__init__(model, beta)
+            self.weights = (desirable_weight, undesirable_weight)
+
+        def forward(self, input_ids, position_ids, labels, owners, reference=None, desirable=None):
+            import torch
+
+            logps = self.sequence_logps(input_ids, position_ids, labels, owners)
+            if reference is None:
+                return logps
+            # the KL sequences only estimate the reference point: TRL computes their log-probs without gradient
+            losses, kl, rewards = kto_loss(logps[:, 0], logps[:, 1].detach(), reference[:, 0], reference[:, 1],
+                                           desirable, self.beta, *self.weights)
+            count = losses.shape[0]
+            stats = torch.stack([kl * count, torch.where(desirable, rewards, -rewards).sum()])
+            return losses.sum(), torch.tensor(count, device=losses.device), stats
+
+    return KTOLoss
+
+
+def kto_loss_module(model, beta: float, desirable_weight: float, undesirable_weight: float):
+    """The KTO objective around a PEFT causal LM, as a module so DDP/FSDP wrap the whole computation."""
+    return _kto_loss_module()(model, beta, desirable_weight, undesirable_weight)
+
+
 def _preference_loss_module():
     import torch
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from training.objectives.base import Objective
 from training.objectives.dpo import PreferenceObjective
+from training.objectives.kto import KTOObjective
 from training.objectives.sft import SFTObjective
 
-OBJECTIVES: tuple[type, ...] = (PreferenceObjective, SFTObjective)
+OBJECTIVES: tuple[type, ...] = (KTOObjective, PreferenceObjective, SFTObjective)
 
 
 def objective_for(cfg, examples: list, multimodal: bool) -> Objective:

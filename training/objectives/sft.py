@@ -7,7 +7,7 @@ from pathlib import Path
 from training.batching import labelled_tokens, micro_batches
 from training.data.formats import Example
 from training.data.packing import collate, pack_rows
-from training.data.tokenize import Tokenized, tokenize_all
+from training.data.tokenize import Tokenized, tokenize_examples
 from training.objectives.losses import sft_loss_module
 
 
@@ -23,12 +23,20 @@ class SFTObjective:
     def wants(cls, cfg, examples: list[Example], multimodal: bool) -> bool:
         return True  # the fallback: every format trains with cross-entropy
 
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict  # --strict-data: refuse records with nothing to learn instead of skipping them
+        self.examples: list[Example] = []  # after tokenize: the kept examples, one per window of a long document
+        self.skipped: list[tuple[Example, str]] = []  # after tokenize: (example, why) of those left out
+
     @classmethod
     def from_config(cls, cfg) -> SFTObjective:
-        return cls()
+        return cls(getattr(cfg, "strict_data", False))
 
     def tokenize(self, tokenizer, examples: list[Example], max_length: int, train_on_prompt: bool) -> list[Tokenized]:
-        return tokenize_all(tokenizer, examples, max_length, train_on_prompt)
+        """Tokenized examples (long text documents split into windows, empty or cut-off answers skipped)."""
+        result = tokenize_examples(tokenizer, examples, max_length, train_on_prompt, self.strict)
+        self.examples, self.skipped = result.examples, result.skipped
+        return result.tokenized
 
     def before_training(self, trainer, split, start, checkpoints: Path, resumed: Path | None) -> None:
         """Nothing to prepare: cross-entropy needs no reference."""

@@ -11,8 +11,16 @@ One module per format (its name, the keys that identify it, the keys it requires
 from __future__ import annotations
 
 from training.data.formats.base import DataFormat, Example, RecordSource
-from training.data.formats.examples import convert_record, examples_from_source, refuse_images, task_type
+from training.data.formats.examples import (
+    SourceExamples,
+    convert_record,
+    examples_from_source,
+    read_examples,
+    refuse_images,
+    task_type,
+)
 from training.data.formats.registry import FORMATS, KNOWN_FORMATS, REGISTRY, REQUIRED, SIGNATURES, data_format, detect_format
 
 __all__ = ["FORMATS", "KNOWN_FORMATS", "REGISTRY", "REQUIRED", "SIGNATURES", "DataFormat", "Example", "RecordSource",
-           "convert_record", "data_format", "detect_format", "examples_from_source", "refuse_images", "task_type"]
+           "SourceExamples", "convert_record", "data_format", "detect_format", "examples_from_source", "read_examples",
+           "refuse_images", "task_type"]

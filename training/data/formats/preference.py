@@ -6,6 +6,8 @@ Accepted shapes, as TRL's DPOTrainer reads them:
 - implicit prompt: {"chosen": ..., "rejected": ...} where both are whole conversations (or texts) sharing a
   prefix; the shared prefix is the prompt (TRL's `extract_prompt`). A record whose `prompt` is text while its
   answers are conversations (or the reverse) is read the same way, as TRL does.
+- LLaMA-Factory's and axolotl's: the prompt as messages in `conversations` (ShareGPT's from/value) or
+  `messages`, and `chosen`/`rejected` each a single message ({"from", "value"} or {"role", "content"}).
 
 Every problem is one DataError naming the file and record.
 """
@@ -13,14 +15,14 @@ Every problem is one DataError naming the file and record.
 from __future__ import annotations
 
 from training.data.files import DataError
-from training.data.formats.base import DataFormat, Example, openai_messages, record_place
+from training.data.formats.base import DataFormat, Example, chat_messages, is_message, is_messages, record_place
 from training.data.vision import ImageRefs
 
 NAME = "preference"
 
 
 def _is_messages(value) -> bool:
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+    return is_messages(value)
 
 
 def _shared_prefix(chosen, rejected):
@@ -39,7 +41,7 @@ def _shared_prefix(chosen, rejected):
 def _answer_kind(value, key: str, where: str) -> str:
     if isinstance(value, str):
         return "text"
-    if _is_messages(value):
+    if _is_messages(value) or is_message(value):
         return "chat"
     if isinstance(value, list) and not value:
         raise DataError(f"{where}: '{key}' is empty.")
@@ -53,11 +55,14 @@ def _split_prompt(record: dict, where: str):
         raise DataError(f"{where}: missing 'rejected' (a preference record needs 'chosen' and 'rejected').")
     if record.get("chosen") is None:
         raise DataError(f"{where}: missing 'chosen' (a preference record needs 'chosen' and 'rejected').")
-    chosen, rejected = record["chosen"], record["rejected"]
+    chosen, rejected = (value if not is_message(value) else [value] for value in (record["chosen"], record["rejected"]))
     kind = _answer_kind(chosen, "chosen", where)
     if _answer_kind(rejected, "rejected", where) != kind:
         raise DataError(f"{where}: 'chosen' and 'rejected' must both be text or both be lists of messages.")
-    prompt = record.get("prompt")
+    prompt = next((record[key] for key in ("prompt", "conversations", "messages") if record.get(key) is not None),
+                  None)
+    if kind == "chat" and prompt is not None and record.get("system") and _is_messages(prompt):
+        prompt = [{"role": "system", "content": record["system"]}, *prompt]
     if prompt is not None and (_is_messages(prompt) if kind == "chat" else isinstance(prompt, str)):
         return kind, prompt, chosen, rejected
     if prompt is not None and not isinstance(prompt, str | list):
@@ -83,7 +88,7 @@ def _check_answers(kind: str, chosen, rejected, where: str) -> None:
 def _messages(messages: list, where: str) -> list[dict]:
     """Validated chat messages (the openai format's rules); images are refused: DPO trains text pairs."""
     refs = ImageRefs(None, where)
-    converted = openai_messages(messages, where, refs)
+    converted = chat_messages(messages, where, refs)
     if refs.used:
         raise DataError(f"{where}: has an image; preference pairs are text only.")
     return converted

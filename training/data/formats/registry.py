@@ -7,13 +7,17 @@ import it here and add its one line to REGISTRY where its detection belongs.
 
 from __future__ import annotations
 
-from training.data.formats import alpaca, completion, openai, preference, qa, sharegpt, text, vision
+from training.data.formats import alpaca, completion, kto, openai, preference, qa, sharegpt, text, vision
 from training.data.formats.base import DataFormat
 
 # In detection order: a record is the first format one of whose signatures' keys it has (so the more specific
 # signatures come first). The number is the format's place in the --dataset-format choices (and in the
 # "known formats" message), which keep the order users have always seen.
+# Ambiguous shapes are resolved by this order: a `label`/`kto_tag` beside a conversation or a prompt/completion
+# pair makes KTO data (kto before openai, sharegpt and completion); `chosen`/`rejected` make a preference pair
+# whatever else the record holds (its prompt may be in `conversations` or `messages`).
 REGISTRY: tuple[tuple[DataFormat, int], ...] = (
+    (kto.FORMAT, 9),
     (preference.FORMAT, 8),
     (openai.FORMAT, 3),
     (sharegpt.FORMAT, 2),

@@ -1,39 +1,32 @@
-"""The ShareGPT format: {"conversations": [{"from", "value"}, ...], "system"?}; LLaVA-style `<image>`
-placeholders in the text take the record's `images` in order."""
+"""The ShareGPT format: {"conversations": [{"from", "value"}, ...], "system"?, "tools"?}; LLaVA-style `<image>`
+placeholders in the text take the record's `images` in order. LLaMA-Factory's tool-call data (glaive) has
+`function_call` turns (the assistant's call, JSON {"name", "arguments"}), `observation` turns (the tool's
+result) and a `tools` column (a list, or a JSON string): they become real tool calls and tool definitions."""
 
 from __future__ import annotations
 
-from training.data.files import DataError
-from training.data.formats.base import DataFormat, Example, record_place, text_field
-from training.data.vision import ImageRefs, text_with_placeholders
+from training.data.formats.base import (
+    DataFormat,
+    Example,
+    parse_tools,
+    record_place,
+    sharegpt_turns,
+    text_field,
+)
+from training.data.vision import ImageRefs
 
 NAME = "sharegpt"
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
-                  "tool": "tool", "function": "tool", "observation": "tool", "function_call": "assistant"}
-
-
-def _messages(record: dict, where: str, refs: ImageRefs) -> list[dict]:
-    turns = record["conversations"]
-    if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: 'conversations' must be a non-empty list.")
-    out = []
-    if record.get("system"):
-        out.append({"role": "system", "content": text_field(record["system"], where, "system")})
-    for number, turn in enumerate(turns, start=1):
-        speaker = str(turn.get("from", turn.get("role", ""))).lower() if isinstance(turn, dict) else ""
-        if speaker not in SHAREGPT_ROLES:
-            raise DataError(f"{where}: turn {number} has unknown speaker '{speaker}'.")
-        text = text_field(turn.get("value", turn.get("content")), where, "value")
-        out.append({"role": SHAREGPT_ROLES[speaker], "content": text_with_placeholders(text, refs)})
-    return out
 
 
 def convert(record: dict, origin: str, index: int) -> Example:
+    """One ShareGPT record as a chat Example (tool calls and tool definitions included)."""
     where = record_place(origin, index)
     refs = ImageRefs(record.get("images"), where)
-    messages = _messages(record, where, refs)
-    return Example(NAME, origin, index, messages=messages, images=refs.finish())
+    system = [{"role": "system", "content": text_field(record["system"], where, "system")}] if record.get(
+        "system") else []
+    messages = system + sharegpt_turns(record["conversations"], where, refs)
+    return Example(NAME, origin, index, messages=messages, images=refs.finish(),
+                   tools=parse_tools(record.get("tools"), where))
 
 
 FORMAT = DataFormat(NAME, signatures=(("conversations",),), required=("conversations",), convert=convert)
