@@ -120,6 +120,15 @@ def test_a_json_file_holding_one_conversation_object_is_one_example():
     assert read.format == "sharegpt" and len(read.examples) == 1 and len(read.examples[0].messages) == 4
 
 
+def test_one_conversation_object_keeps_its_system_prompt(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"system": "Answer in French.", "conversations": [
+        {"from": "human", "value": "Hello?"}, {"from": "gpt", "value": "Bonjour."}]}))
+    read = read_examples(read_file(path), None)
+    assert [m["role"] for m in read.examples[0].messages] == ["system", "user", "assistant"]
+    assert read.examples[0].messages[0]["content"] == "Answer in French."
+
+
 # --- skipped records ------------------------------------------------------------------------------
 def test_an_empty_answer_is_skipped_and_counted_or_refused_with_strict_data(tokenizer):
     from training.data.tokenize import tokenize_examples

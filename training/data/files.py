@@ -29,6 +29,9 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
 _EXTRA_FIELDS = object()  # DictReader's key for the values of a row longer than the header
 
 
+CONVERSATION_KEYS = ("conversations", "messages")  # the keys of a chat example (ShareGPT, OpenAI)
+
+
 class DataError(UserError, ValueError):
     """Bad data: the message names the file and record."""
 
@@ -146,6 +149,15 @@ def read_delimited(path: Path, delimiter: str) -> list[dict]:
             from exc
 
 
+def _is_one_conversation(data) -> bool:
+    """A JSON object that is itself one chat example ({"conversations": [turns]} or {"messages": [turns]}), not a
+    wrapper around a list of examples."""
+    if not isinstance(data, dict):
+        return False
+    turns = next((data[key] for key in CONVERSATION_KEYS if isinstance(data.get(key), list)), None)
+    return bool(turns) and isinstance(turns[0], dict) and bool({"from", "role"} & turns[0].keys())
+
+
 def read_json(path: Path) -> list:
     """A .json file: an array of records, an object wrapping exactly one array, or JSON Lines saved as .json."""
     with open_regular(path) as handle:
@@ -163,6 +175,8 @@ def read_json(path: Path) -> list:
             data = reader.value()
         if reader.peek():
             raise reader.malformed(reader.pos, "Extra data")
+    if _is_one_conversation(data):
+        return [data]  # axolotl's conversation.json: the object is one example, its system/tools kept with it
     if isinstance(data, dict):
         lists = [value for value in data.values() if isinstance(value, list)]
         if len(lists) != 1:
