@@ -12,25 +12,22 @@ import time
 from pathlib import Path
 
 from handlers.base import is_small_model
-from handlers.chat_templates import ensure_chat_template
 from training import tensorboard_server, vision
 from training.autostop import Monitor, rules_for
 from training.config import TrainConfig
-from training.context import RunContext, RunData
-from training.data.formats import Example, read_examples, refuse_images, task_type
-from training.data.formats.llamafactory import catalogue_entries, catalogue_spec, rewrite
+from training.context import RunContext
 from training.data.mixing import is_mix, share_lines, split_sources
 from training.data.preference import chosen_example
-from training.data.sources import DataError, load_sources, read_file
-from training.data.tokenize import CUT_OFF, cut_off_sentence, shown
+from training.data.sources import DataError
+from training.dry_run import dry_run
 from training.evaluate import evaluate_run
 from training.guards import RunLock, check_disk, disk_full_error, is_disk_full
 from training.launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from training.loop import StopSignal, Trainer
-from training.modeling import choose_placement, load_base_model, load_tokenizer, resolve_targets, wrap_with_lora
-from training.objectives.registry import objective_for
+from training.modeling import choose_placement, load_base_model, resolve_targets, wrap_with_lora
 from training.outputs import plot_history, publish_adapter, write_json
 from training.planning import choose_max_length, plan_batches
+from training.preparation import prepare_data
 from training.report import final_report, sample_answers
 from training.resume import LoraShape, NothingToResume, checkpoint_lora_shape, data_fingerprint, find_checkpoint, start_or_resume
 from training.runfile import RUN_FILE, run_file_text, saved_config
@@ -42,40 +39,6 @@ log = logging.getLogger("train")
 SMALL_DATASET = 1000  # the training guide recommends circular training below this
 
 
-def load_examples(cfg: TrainConfig):
-    """(sources, examples, per-source reads) from every source, capped by --max-examples; DataError on empty data.
-    A record with no answer is skipped and counted (refused with --strict-data)."""
-    import random
-
-    sources = _catalogue_sources(cfg.data) or load_sources(cfg.data)
-    reads = [read_examples(source, cfg.dataset_format, cfg.strict_data) for source in sources]
-    examples = [example for read in reads for example in read.examples]
-    if not examples:
-        raise DataError(f"The dataset is empty: no examples in {cfg.data}.")
-    if cfg.max_examples:
-        random.Random(cfg.seed).shuffle(examples)
-        examples = examples[: cfg.max_examples]
-    return sources, examples, reads
-
-
-def _catalogue_sources(spec: str) -> list | None:
-    """The sources of a LLaMA-Factory catalogue when --data names one (DIR, DIR/dataset_info.json, optionally
-    :NAME,NAME), their records rewritten as its entries declare; None for any other --data."""
-    found = catalogue_spec(spec)
-    if found is None:
-        return None
-    path, names = found
-    sources, entries = [], catalogue_entries(path, names)
-    for entry in entries:
-        source = read_file(entry.path)
-        source.records = [rewrite(record, entry, f"{source.origin}, record {i + 1}")
-                          for i, record in enumerate(source.records)]
-        source.entry = f"{path}:{entry.name}"
-        sources.append(source)
-    log.info("LLaMA-Factory catalogue %s: %s.", path, ", ".join(e.name for e in entries))
-    return sources
-
-
 def run(cfg: TrainConfig) -> int:
     """Train as configured (holding the model directory's lock); returns the process exit status."""
     model_path, output, workdir = cfg.resolved_paths()
@@ -84,7 +47,7 @@ def run(cfg: TrainConfig) -> int:
     if not (model_path / "config.json").is_file():
         raise DataError(f"No model at {model_path} (config.json missing); install one with llm-installer.")
     if cfg.dry_run:
-        return _dry_run(cfg, model_path, output, workdir)
+        return dry_run(cfg, model_path, output, workdir)
     if not is_main_process():
         return _run(cfg, model_path, output, workdir)
     with RunLock(workdir):
@@ -93,184 +56,10 @@ def run(cfg: TrainConfig) -> int:
         return _run(cfg, model_path, output, workdir)
 
 
-def _prepare_data(ctx: RunContext) -> RunData:
-    cfg, handler, info, model_path = ctx.cfg, ctx.handler, ctx.info, ctx.model_path
-    sources, examples, reads = load_examples(cfg)
-    if not ctx.multimodal:
-        refuse_images(examples, f"{info.get('source', model_path.name)} ({handler.name})")
-    max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, ctx.model_config)
-    objective = objective_for(cfg, examples, ctx.multimodal)
-    if ctx.multimodal:  # SFT: the processor renders and tokenizes image conversations
-        tokenizer, tokenized, fallback_used = vision.prepare(model_path, examples, max_length, cfg.train_on_prompt,
-                                                             info.get("trust_remote_code", False))
-        objective.examples, objective.skipped = examples, []
-    else:
-        tokenizer = load_tokenizer(model_path)
-        fallback_used = ensure_chat_template(tokenizer, handler.chat_template_fallback)
-        tokenized = objective.tokenize(tokenizer, examples, max_length, cfg.train_on_prompt)
-    # records skipped while reading (no answer) join those skipped while tokenizing (answer cut off)
-    objective.skipped = [(Example(r.format or "", r.origin, i), why) for r in reads for i, why in r.skipped] + \
-        objective.skipped
-    examples = objective.examples  # the kept examples, one per window of a long text document
-    if not tokenized:
-        raise DataError(f"No example is left to train on: {_skip_note(objective.skipped, max_length)}.")
-    truncated = sum(t.truncated for t in tokenized)
-    formats = sorted({e.format for e in examples})
-    task = task_type(examples)
-    log.info("Data: %d examples from %d source(s), formats %s, task type %s.", len(examples), len(sources),
-             ", ".join(formats), {"text": "text generation", "preference": "preference pairs"}.get(task, "QA/instruction"))
-    if fallback_used:
-        log.info("The model has no chat template: using the %s handler's fallback (saved with the adapter).",
-                 handler.name)
-    if truncated:
-        dropped = sum(getattr(t, "dropped", 0) for t in tokenized)
-        log.warning("%d of %d examples were truncated to --max-seq-length %d tokens (%s tokens dropped).", truncated,
-                    len(tokenized), max_length, f"{dropped:,}")
-    if objective.skipped:
-        log.warning("Skipped %s.", _skip_note(objective.skipped, max_length))
-    _warn_placeholders(examples)
-    return RunData(sources, examples, tokenizer, tokenized, objective, fallback_used, task, formats, truncated)
-
-
-DRY_RUN_SHOWN, DRY_RUN_JSON_EXAMPLES = 3, 20  # examples --dry-run prints as text, and in its JSON
-
-
-def _dry_run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int:
-    """--dry-run: the data read, detected, converted, tokenized, split and planned as a run would, printed (as
-    text, or one JSON object with --json) without loading the model's weights or writing anything."""
-    import json
-    import sys
-
-    if cfg.json:  # the log goes to stderr so that stdout is the JSON object alone
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-                handler.setStream(sys.stderr)
-    ctx = RunContext.open(cfg, model_path, output, workdir, time.monotonic())
-    data = ctx.data = _prepare_data(ctx)
-    evals_per_epoch = 1 if cfg.circular else cfg.preset.evals_per_epoch
-    split, _shares = split_sources(data.tokenized, data.examples, data.sources, cfg.validation_split, cfg.seed,
-                                   evals_per_epoch)
-    report = _dry_run_report(cfg, data, _dry_run_plan(ctx, split), split)
-    if cfg.json:
-        print(json.dumps(report, ensure_ascii=False), flush=True)
-        return 0
-    print(_dry_run_text(report), flush=True)
-    return 0
-
-
-def _dry_run_plan(ctx: RunContext, split) -> dict:
-    """The plan a run would make from this data: batch, steps per epoch and epochs (no weights loaded)."""
-    cfg, handler = ctx.cfg, ctx.handler
-    placement = choose_placement(cfg.device if cfg.device != "auto" else ctx.info.get("defaults", {}).get(
-        "device", "auto"), handler)
-    processes = resolve_processes(cfg.num_processes, placement.device)
-    quantized = cfg.method == "qlora" or cfg.use_8bit
-    checkpointing = cfg.gradient_checkpointing == "on" or (
-        cfg.gradient_checkpointing == "auto" and quantized and handler.gradient_checkpointing)
-    max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, ctx.model_config)
-    row_length = min(max(len(t.input_ids) for t in ctx.data.tokenized), max_length)
-    batches = plan_batches(cfg.batch_size, cfg.gradient_accumulation_steps, len(split.train),
-                           [len(t.input_ids) for t in split.train], row_length, ctx.model_config,
-                           "cuda:0" if placement.device == "cuda" else placement.device, placement.precision,
-                           checkpointing, processes, cfg.circular)
-    epochs = cfg.max_circular_epochs if cfg.circular else (cfg.epochs or cfg.preset.epochs)
-    return {"device": placement.device, "max_seq_length": max_length, "examples_per_step": batches.examples_per_step,
-            "steps_per_epoch": math.ceil(len(split.train) / batches.examples_per_step),
-            "epochs": None if math.isinf(epochs) else epochs, "train_examples": len(split.train),
-            "validation_examples": len(split.val)}
-
-
-def _shown_example(tokenizer, example, item) -> dict:
-    """One example as --dry-run shows it: its text with the trained parts marked, and those parts."""
-    sequence = getattr(item, "chosen", item)  # a DPO pair or KTO answer: its (chosen) answer's sequence
-    text, trained = shown(tokenizer, sequence)
-    entry = {"source": example.origin, "record": example.index + 1, "format": example.format, "text": text,
-             "trained": trained}
-    if example.label is not None:
-        entry["label"] = "desirable" if example.label else "undesirable"
-    elif getattr(item, "rejected", None) is not None:
-        rejected_text, rejected_trained = shown(tokenizer, item.rejected)
-        entry["rejected"] = {"text": rejected_text, "trained": rejected_trained}
-    return entry
-
-
-def _dry_run_report(cfg: TrainConfig, data: RunData, plan: dict, split) -> dict:
-    """The dry run as one JSON-ready object: per source its format and counts, the method, the plan and the
-    first examples rendered."""
-    kept: dict[str, int] = {}
-    for example in data.examples:
-        kept[example.origin] = kept.get(example.origin, 0) + 1
-    sources = []
-    for source in data.sources:
-        skipped = [(e, why) for e, why in data.objective.skipped if e.origin == source.origin]
-        formats = sorted({e.format for e in data.examples if e.origin == source.origin} | {
-            e.format for e, _ in skipped if e.format})
-        sources.append({"path": source.origin, "format": ",".join(formats) or None, "records": len(source.records),
-                        "examples": kept.get(source.origin, 0), "skipped": len(skipped),
-                        "skipped_records": [{"record": e.index + 1, "reason": why} for e, why in skipped[:20]]})
-    limit = min(DRY_RUN_JSON_EXAMPLES, cfg.max_examples or DRY_RUN_JSON_EXAMPLES)
-    examples = [_shown_example(data.tokenizer, e, t) for e, t in
-                list(zip(data.examples, data.tokenized, strict=True))[:limit]]
-    return {"sources": sources, "method": data.objective.name, "task": data.task, "plan": plan,
-            "truncated": data.truncated, "examples": examples}
-
-
-def _dry_run_text(report: dict) -> str:
-    """The dry run for a person: one line per source, the method and plan, and the first examples."""
-    lines = ["Dry run: nothing is trained and no weights are loaded."]
-    for source in report["sources"]:
-        reasons = sorted({r["reason"] for r in source["skipped_records"]})
-        lines.append(f"Source {source['path']}: format {source['format']}, {source['records']} records -> "
-                     f"{source['examples']} examples" + (f", {source['skipped']} skipped ({'; '.join(reasons)}; "
-                                                         "records " + ", ".join(str(r["record"]) for r in
-                                                         source["skipped_records"][:5]) + ")"
-                                                         if source["skipped"] else ""))
-    plan = report["plan"]
-    epochs = "no epoch limit" if plan["epochs"] is None else f"up to {plan['epochs']:g} epoch(s)"
-    lines.append(f"Method: {report['method']}; {plan['train_examples']} training and {plan['validation_examples']} "
-                 f"validation examples; {plan['examples_per_step']} examples per step, {plan['steps_per_epoch']} "
-                 f"steps per epoch, {epochs}; sequence length {plan['max_seq_length']} on {plan['device']}.")
-    shown_examples = report["examples"][:DRY_RUN_SHOWN]
-    for entry in shown_examples:
-        label = f", {entry['label']}" if "label" in entry else ""
-        lines += ["", f"--- {entry['source']} record {entry['record']} ({entry['format']}{label}); "
-                      "trained parts between ⟦ and ⟧ ---", entry["text"]]
-        if "rejected" in entry:
-            lines += ["--- rejected answer ---", entry["rejected"]["text"]]
-    return "\n".join(lines)
-
-
-def _skip_note(skipped: list, max_length: int) -> str:
-    """The skipped records in one phrase: how many for each reason, and the first few by file and number."""
-    cut = sum(1 for _, why in skipped if why == CUT_OFF)
-    empty = [(e, why) for e, why in skipped if why != CUT_OFF]
-    parts = [cut_off_sentence(skipped, max_length)] if cut else []
-    if empty:
-        first = ", ".join(f"{e.origin} record {e.index + 1}" for e, _ in empty[:3])
-        parts.append(f"{len(empty)} record(s) with nothing to learn from ({empty[0][1]}), first: {first}")
-    return "; ".join(parts) + " (--strict-data refuses such data instead)"
-
-
-def _warn_placeholders(examples: list) -> None:
-    """Unreplaced template placeholders ({{name}}, as LLaMA-Factory's identity.json ships) are trained as written:
-    say so once."""
-    import re
-
-    pattern = re.compile(r"\{\{\s*\w+\s*\}\}")
-    hits = [e for e in examples if any(pattern.search(str(m.get("content") or "")) for m in e.messages
-                                       if m["role"] == "assistant") or pattern.search(e.completion or "")]
-    if hits:
-        names = sorted({m for e in hits for msg in e.messages for m in pattern.findall(str(msg.get("content") or ""))}
-                       | {m for e in hits for m in pattern.findall(e.completion or "")})
-        log.warning("%d example(s) contain unreplaced placeholders in their answers (%s, first: %s record %d); "
-                    "they are trained as written: replace them in the data first.", len(hits), ", ".join(names[:5]),
-                    hits[0].origin, hits[0].index + 1)
-
-
 def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int:
     ctx = RunContext.open(cfg, model_path, output, workdir, time.monotonic())
     info, model_config, handler = ctx.info, ctx.model_config, ctx.handler
-    data = ctx.data = _prepare_data(ctx)
+    data = ctx.data = prepare_data(ctx)
     sources, examples, tokenizer, tokenized = data.sources, data.examples, data.tokenizer, data.tokenized
     circular = cfg.circular
     evals_per_epoch = 1 if circular else cfg.preset.evals_per_epoch

@@ -4,7 +4,7 @@ preference pairs (`ranking`) or KTO labels (`columns.kto_tag`). Its records are 
 trainer's formats detect, so a LLaMA-Factory data folder trains as its catalogue declares it.
 
 Not a record format of its own (a catalogue says how to read other files), so it has no REGISTRY line: the run
-reads a catalogue (training/run.py `load_examples`) and hands the rewritten records to the registry's formats.
+reads a catalogue (training/preparation.py `load_examples`) and hands the rewritten records to the registry's formats.
 """
 
 from __future__ import annotations
