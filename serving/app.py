@@ -1,4 +1,4 @@
-"""The FastAPI application: OpenAI routes, /health, the chat page, auth, the Host guard and errors."""
+"""The FastAPI application: OpenAI routes, /health, the chat page, auth, the Host guard, CORS and errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import binascii
 import hmac
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +16,25 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import ValidationError
 
-from serving.completions import Job, chat_completion, chat_events, text_completion, text_events
+from serving import origins
+from serving.budget import CHARS_PER_TOKEN_LIMIT, RENDER_SECONDS, BudgetExceeded, ClientGone, bounded
+from serving.completions import Job, Prompt, chat_completion, chat_events, text_completion, text_events
+from serving.embeddings import EmbeddingRequest, embeddings_response
 from serving.engines.base import Engine, GenerationParams
-from serving.engines.structured import FormatError, structured_output
+from serving.engines.structured import FormatError, StructuredOutput, structured_output
 from serving.images import template_messages
 from serving.protocol import ApiError, ChatRequest, CompletionRequest
-from serving.router import Router
-from serving.tools import marker_token_ids
+from serving.router import Route, Router
+from serving.tools import forced_call_schema, marker_token_ids
 
 log = logging.getLogger("serve")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 DEFAULT_CHAT_MAX_TOKENS = 512
 DEFAULT_COMPLETION_MAX_TOKENS = 16
+RENDER_LIMIT = f"{RENDER_SECONDS:g} s and {CHARS_PER_TOKEN_LIMIT} characters per token of context"
 LOCAL_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+ROUTES = ("GET /health", "GET /", "GET /v1/models", "GET /v1/models/{id}", "POST /v1/chat/completions",
+          "POST /v1/completions", "POST /v1/embeddings")
 
 
 @dataclass
@@ -39,6 +46,7 @@ class ServerState:
     loopback: bool = True
     max_body_bytes: int = 1_000_000
     allow_remote_images: bool = False
+    allowed_origins: tuple[str, ...] = origins.DEFAULT_ORIGINS
     engine: Engine | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
@@ -80,16 +88,37 @@ def create_app(state: ServerState):
     """The ASGI app serving `state`."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="llm-installer", docs_url=None, redoc_url=None, openapi_url=None)
+    # Trailing slashes are served, not redirected: the guard strips them (a 307 loses a POST's body in some clients).
+    app = FastAPI(title="llm-installer", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if state.loopback and not _host_allowed(request.headers.get("host", "")):
             return _error_response(ApiError(403, "Host header not allowed: this server only answers requests "
                                                  "addressed to localhost.", code="host_not_allowed"))
+        path = request.scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            request.scope["path"] = path.rstrip("/") or "/"
+        origin = request.headers.get("origin")
+        cors = {}
+        if origin is not None:
+            if not origins.origin_allowed(origin, state.allowed_origins, request.headers.get("host", "")):
+                return _error_response(ApiError(403, f"Origin {origin[:200]} is not allowed: start the server with "
+                                                     "--allowed-origins ORIGIN to let that page call it.",
+                                                code="origin_not_allowed"))
+            cors = origins.cors_headers(origin)
+            if request.method == "OPTIONS" and request.headers.get("access-control-request-method"):
+                # A preflight carries no credentials: answered before the key check; the real request needs it.
+                return Response(status_code=204, headers=origins.preflight_headers(
+                    origin, request.headers.get("access-control-request-headers")))
+        response = await _checked(request, call_next)
+        response.headers.update(cors)
+        return response
+
+    async def _checked(request: Request, call_next):
         if state.api_key and request.url.path != "/health" and \
                 not _key_matches(request.headers.get("authorization", ""), state.api_key):
             return _error_response(ApiError(401, "Missing or wrong API key (send Authorization: Bearer KEY).",
@@ -99,6 +128,10 @@ def create_app(state: ServerState):
         if declared and declared.isdigit() and int(declared) > state.max_body_bytes:
             return _error_response(ApiError(413, f"Request body over {state.max_body_bytes} bytes.",
                                             code="body_too_large"))
+        if request.method == "POST" and not origins.is_json(request.headers.get("content-type")):
+            # Forms and no-cors fetches cannot send JSON's type: a page elsewhere cannot make this server generate.
+            return _error_response(ApiError(415, "The request body must be sent as Content-Type: application/json.",
+                                            code="unsupported_media_type"))
         return await call_next(request)
 
     @app.exception_handler(ApiError)
@@ -106,9 +139,13 @@ def create_app(state: ServerState):
         return _error_response(exc)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request, exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return _error_response(ApiError(exc.status_code, str(exc.detail), code=code))
+    async def http_error(request, exc: HTTPException):
+        if exc.status_code in (404, 405):
+            what = "route" if exc.status_code == 404 else "method for this route"
+            return _error_response(ApiError(exc.status_code, f"No such {what}: {request.method} {request.url.path}. "
+                                                             f"This server serves {', '.join(ROUTES)}.",
+                                            code="not_found" if exc.status_code == 404 else "method_not_allowed"))
+        return _error_response(ApiError(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request, exc: RequestValidationError):
@@ -137,6 +174,11 @@ def create_app(state: ServerState):
     async def models():
         return {"object": "list", "data": state.router.cards(state.created)}
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        route = state.router.resolve(model_id or None)
+        return next(card for card in state.router.cards(state.created) if card["id"] == route.model_id)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = _validated(ChatRequest, await _json_body(request, state))
@@ -146,21 +188,28 @@ def create_app(state: ServerState):
         if not any(m["role"] == "user" for m in messages):
             raise ApiError(400, "messages needs at least one user message.", "messages", "no_user_message")
         tools = body.active_tools
-        try:
-            prompt = await asyncio.to_thread(engine.chat_prompt, messages, route.key, tools, images)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
+        prompt = await _render(request, engine, route, messages, tools, images, body.chat_template_kwargs)
         params = _params(body, engine, len(prompt), body.max_completion_tokens or body.max_tokens,
                          DEFAULT_CHAT_MAX_TOKENS, "messages")
         params.logprobs, params.top_logprobs = body.logprobs, body.top_logprobs or 0
         _check_logprobs(engine, params)
-        params.grammar = await _response_format(engine, body.response_format)
+        forced = body.forced_tool if tools else None
+        if forced and body.response_format is not None and body.response_format.type != "text":
+            raise ApiError(400, "A forced tool call and response_format cannot both constrain one answer: send one.",
+                           "response_format", "invalid_value")
+        output = (StructuredOutput("tool_call", forced_call_schema(tools, forced, body.parallel_tool_calls))
+                  if forced else _structured(body.response_format))
+        if output is not None and body.ignore_eos:
+            raise ApiError(400, "ignore_eos cannot go with a grammar (response_format or a forced tool call): once "
+                                "the JSON is complete, end-of-sequence is the only token it allows.", "ignore_eos",
+                           "invalid_value")
+        params.grammar = await _compile(engine, output)
         names = None
         if tools:
             names = {tool["function"]["name"] for tool in tools}
             params.keep_tokens = marker_token_ids(engine.tokenizer)
         job = Job(engine, route.key, route.model_id, prompt, params, body.n, names, body.parallel_tool_calls,
-                  body.logprobs)
+                  body.logprobs, forced_tools=forced is not None)
         if body.stream:
             return _event_stream(chat_events(job, body.include_usage))
         return await chat_completion(job, request)
@@ -170,15 +219,40 @@ def create_app(state: ServerState):
         body = _validated(CompletionRequest, await _json_body(request, state))
         route = state.router.resolve(body.model)
         engine = _ready(state)
-        prompt = await asyncio.to_thread(engine.text_prompt, body.prompt)
-        params = _params(body, engine, len(prompt), body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "prompt")
-        params.logprobs, params.top_logprobs = body.logprobs is not None, body.logprobs or 0
-        _check_logprobs(engine, params)
-        job = Job(engine, route.key, route.model_id, prompt, params, body.n)
-        echo = body.prompt if body.echo else None
+        prompts = []
+        for text_or_ids in body.prompts:
+            ids = await asyncio.to_thread(_prompt_ids, engine, text_or_ids)
+            params = _params(body, engine, len(ids), body.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS, "prompt")
+            params.logprobs, params.top_logprobs = body.logprobs is not None, body.logprobs or 0
+            params.special_logprobs = True  # legacy completions list every token, end-of-text included
+            _check_logprobs(engine, params)
+            job = Job(engine, route.key, route.model_id, ids, params, body.n)
+            scored = None
+            if body.echo and params.logprobs:  # lm-eval's loglikelihood: the prompt's own log-probabilities
+                scored = await asyncio.to_thread(engine.score, ids, params.top_logprobs, route.key,
+                                                 threading.Event())
+            echo = (text_or_ids if isinstance(text_or_ids, str) else engine.tokenizer.decode(text_or_ids)) \
+                if body.echo else None
+            prompts.append(Prompt(job, echo, scored))
         if body.stream:
-            return _event_stream(text_events(job, body.include_usage, echo))
-        return await text_completion(job, request, echo)
+            return _event_stream(text_events(prompts, body.include_usage))
+        return await text_completion(prompts, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = _validated(EmbeddingRequest, await _json_body(request, state))
+        route = state.router.resolve(body.model)
+        engine = _ready(state)
+        if not engine.supports_embeddings:
+            raise ApiError(400, f"Embeddings are not available with --engine {engine.name}; serve with the default "
+                                "--engine transformers for them.", "input", "unsupported_parameter")
+        inputs = [await asyncio.to_thread(_prompt_ids, engine, item) for item in body.inputs]
+        for ids in inputs:
+            if len(ids) > engine.context_length:
+                raise ApiError(400, f"An input is {len(ids)} tokens; this model's context is "
+                                    f"{engine.context_length}.", "input", "context_length_exceeded")
+        vectors = await asyncio.to_thread(engine.embed, inputs, route.key, threading.Event())
+        return embeddings_response(route.model_id, vectors, body.encoding_format, sum(map(len, inputs)))
 
     return app
 
@@ -241,14 +315,49 @@ def _check_logprobs(engine: Engine, params: GenerationParams) -> None:
                             "--engine transformers for them.", "logprobs", "unsupported_parameter")
 
 
-async def _response_format(engine: Engine, response_format):
-    """The engine's compiled constraint for response_format json_object/json_schema (None for text); 400 when the
-    engine cannot enforce it."""
+def _structured(response_format) -> StructuredOutput | None:
     try:
-        output = structured_output(response_format)
-        return None if output is None else await asyncio.to_thread(engine.compile_format, output)
+        return structured_output(response_format)
     except FormatError as exc:
-        raise ApiError(400, str(exc), "response_format", "unsupported_parameter") from exc
+        raise ApiError(400, str(exc), "response_format", "invalid_value") from exc
+
+
+async def _compile(engine: Engine, output: StructuredOutput | None):
+    """The engine's compiled constraint (None without one); a 400 naming the field when it cannot be enforced."""
+    if output is None:
+        return None
+    try:
+        return await asyncio.to_thread(engine.compile_format, output)
+    except FormatError as exc:
+        raise ApiError(400, str(exc), output.param, "unsupported_parameter") from exc
+
+
+async def _render(request, engine: Engine, route: Route, messages, tools, images, template_kwargs) -> list[int]:
+    """The conversation rendered and tokenized within serving/budget.py's bounds; a template that overruns them is
+    a 400 naming whose template it is."""
+    try:
+        return await bounded(lambda: engine.chat_prompt(messages, route.key, tools, images, template_kwargs), request,
+                             lane=route.key)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "messages", "invalid_messages") from exc
+    except BudgetExceeded as exc:
+        whose = f"adapter {route.model_id}'s" if route.key else "the model's"
+        raise ApiError(400, f"The chat template of {whose} exceeded the rendering budget ({RENDER_LIMIT}): it "
+                            "cannot be served as it is.", "model", "template_budget_exceeded") from exc
+    except ClientGone as exc:
+        raise ApiError(499, "The client closed the request.", code="client_closed") from exc
+
+
+def _prompt_ids(engine: Engine, prompt: str | list[int]) -> list[int]:
+    """Token ids of a prompt given as text or as ids (checked against the vocabulary)."""
+    if isinstance(prompt, str):
+        return engine.text_prompt(prompt)
+    vocabulary = engine.vocab_size
+    outside = [token for token in prompt if token >= vocabulary]
+    if outside:
+        raise ApiError(400, f"The prompt names token {outside[0]}, but the vocabulary has {vocabulary} tokens.",
+                       "prompt", "invalid_value")
+    return list(prompt)
 
 
 def _params(body, engine: Engine, prompt_tokens: int, asked: int | None, default: int,
@@ -265,7 +374,8 @@ def _params(body, engine: Engine, prompt_tokens: int, asked: int | None, default
     if outside:
         raise ApiError(400, f"logit_bias names token {outside[0]}, but the vocabulary has {vocabulary} tokens.",
                        "logit_bias", "invalid_value")
-    return GenerationParams(max_tokens=asked or min(default, room), temperature=body.temperature, top_p=body.top_p,
-                            stop=body.stop, seed=body.seed, ignore_eos=body.ignore_eos,
-                            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                            logit_bias=body.logit_bias)
+    return GenerationParams(max_tokens=asked if asked is not None else min(default, room),
+                            temperature=body.temperature, top_p=body.top_p, top_k=max(body.top_k, 0),
+                            min_p=body.min_p, repetition_penalty=body.repetition_penalty, stop=body.stop,
+                            seed=body.seed, ignore_eos=body.ignore_eos, presence_penalty=body.presence_penalty,
+                            frequency_penalty=body.frequency_penalty, logit_bias=body.logit_bias)

@@ -5,6 +5,7 @@ serving/app.py (or --chat), or a hand-off to another server."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -69,7 +70,23 @@ def build_state(cfg: ServeConfig, router: Router):
 
     limit = body_limit(cfg.max_body_bytes, DEFAULT_MAX_BODY_BYTES, Path(cfg.model_dir) / "model")
     return ServerState(router=router, api_key=cfg.api_key, loopback=cfg.loopback, max_body_bytes=limit,
-                       allow_remote_images=cfg.allow_remote_images)
+                       allow_remote_images=cfg.allow_remote_images, allowed_origins=cfg.origins())
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ServeConfigError (one sentence) when HOST:PORT cannot be bound, checked before anything says "Serving";
+    bound with SO_REUSEADDR as uvicorn binds, so a port in TIME_WAIT from a previous run is not "taken"."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+        raise ServeConfigError(f"Port {port} on {host} {reason}: stop what is listening there or pick another "
+                               "with --port.") from exc
 
 
 def _serve(cfg: ServeConfig, router: Router) -> int:
@@ -78,6 +95,7 @@ def _serve(cfg: ServeConfig, router: Router) -> int:
     from serving.app import create_app
 
     model_id, info = Path(cfg.model_dir).name, cfg.model_info
+    check_port_free(cfg.host, cfg.port)
     state = build_state(cfg, router)
     if not cfg.loopback:
         log.warning("Listening on %s: anyone who can reach this machine can use the model%s.", cfg.host,

@@ -25,7 +25,7 @@ from serving.protocol import (
     new_id,
     usage,
 )
-from serving.tools import ToolCallStream, parse_tool_calls
+from serving.tools import ForcedCallStream, ToolCallStream, parse_forced_calls, parse_tool_calls
 
 log = logging.getLogger("serve")
 
@@ -43,6 +43,7 @@ class Job:
     tool_names: set[str] | None = None  # tools offered: parse the output for calls
     parallel_tool_calls: bool = True
     chat_logprobs: bool = False
+    forced_tools: bool = False  # decoded under tools.forced_call_schema: the whole answer is the calls
 
     def params_for(self, index: int) -> GenerationParams:
         """Choice `index`'s settings: with a seed, each choice gets its own (seed + index), so they differ yet
@@ -144,7 +145,7 @@ def _completion_tokens(choices: list[Choice]) -> int:
 def _tool_calls(job: Job, text: str) -> tuple[str, list[dict]]:
     if job.tool_names is None:
         return text, []
-    content, calls = parse_tool_calls(text, job.tool_names)
+    content, calls = parse_forced_calls(text) if job.forced_tools else parse_tool_calls(text, job.tool_names)
     return content, calls if job.parallel_tool_calls else calls[:1]
 
 
@@ -181,7 +182,9 @@ async def chat_events(job: Job, include_usage: bool) -> AsyncIterator[str]:
             generation = Generation(prompt_tokens=len(job.prompt))
             generations.append(generation)
             yield chunk({"role": "assistant", "content": ""}, index)
-            tools = ToolCallStream(job.tool_names) if job.tool_names is not None else None
+            tools = None
+            if job.tool_names is not None:
+                tools = ForcedCallStream() if job.forced_tools else ToolCallStream(job.tool_names)
             async for piece in run(job, index, generation):
                 text = tools.feed(piece.text) if tools else piece.text
                 logprobs = [e.as_chat() for e in piece.logprobs] if job.chat_logprobs else None
@@ -208,46 +211,74 @@ async def chat_events(job: Job, include_usage: bool) -> AsyncIterator[str]:
 
 
 # --- text completions ----------------------------------------------------------------------------
-def _legacy_logprobs(job: Job, entries: list[TokenLogprob], offset: int) -> dict | None:
+@dataclass
+class Prompt:
+    """One prompt of a /v1/completions request: its job, the text echoed before each answer (echo), and the
+    prompt's own log-probabilities (echo with logprobs; the first token has none)."""
+
+    job: Job
+    echo: str | None = None
+    logprobs: list[TokenLogprob | None] | None = None
+
+
+def _legacy_logprobs(job: Job, entries: list, offset: int) -> dict | None:
     return completion_logprobs(entries, offset) if job.params.logprobs else None
 
 
-async def text_completion(job: Job, request, echo: str | None) -> dict:
-    """The text_completion body of a non-streamed request (`echo`: the prompt, put before each answer)."""
-    choices = await collect(job, request)
-    prefix = echo or ""
-    bodies = [completion_choice(index, prefix + c.text, c.generation.finish_reason or "stop",
-                                _legacy_logprobs(job, c.logprobs, len(prefix)))
-              for index, c in enumerate(choices)]
-    return completion_response(new_id("cmpl"), job.model, bodies, int(time.time()),
-                               (len(job.prompt), _completion_tokens(choices)))
+async def _choices(prompt: Prompt, request) -> list[Choice]:
+    if prompt.job.params.max_tokens == 0:  # scoring only: nothing to generate
+        return [Choice(generation=Generation(len(prompt.job.prompt), 0, "length")) for _ in range(prompt.job.n)]
+    return await collect(prompt.job, request)
 
 
-async def text_events(job: Job, include_usage: bool, echo: str | None) -> AsyncIterator[str]:
-    """The text_completion events of a streamed request."""
-    rid, created = new_id("cmpl"), int(time.time())
-    generations = []
+async def text_completion(prompts: list[Prompt], request) -> dict:
+    """The text_completion body of a non-streamed request: each prompt's `n` choices, in prompt order."""
+    bodies, prompt_tokens, completion_tokens = [], 0, 0
+    for prompt in prompts:
+        job, prefix = prompt.job, prompt.echo or ""
+        choices = await _choices(prompt, request)
+        prompt_tokens += len(job.prompt)
+        completion_tokens += _completion_tokens(choices)
+        for choice in choices:
+            entries = (prompt.logprobs or []) + choice.logprobs
+            bodies.append(completion_choice(len(bodies), prefix + choice.text, choice.generation.finish_reason or "stop",
+                                            _legacy_logprobs(job, entries, 0 if prompt.logprobs else len(prefix))))
+    return completion_response(new_id("cmpl"), prompts[0].job.model, bodies, int(time.time()),
+                               (prompt_tokens, completion_tokens))
+
+
+async def text_events(prompts: list[Prompt], include_usage: bool) -> AsyncIterator[str]:
+    """The text_completion events of a streamed request, prompt after prompt, choice after choice."""
+    rid, created, model = new_id("cmpl"), int(time.time()), prompts[0].job.model
+    counts, index = [0, 0], 0
     try:
-        for index in range(job.n):
-            generation = Generation(prompt_tokens=len(job.prompt))
-            generations.append(generation)
-            offset = 0
-            if echo:
-                yield sse(completion_response(rid, job.model, [completion_choice(index, echo, None)], created))
-                offset = len(echo)
-            async for piece in run(job, index, generation):
-                logprobs = _legacy_logprobs(job, piece.logprobs, offset)
-                offset += len(piece.text)
-                yield sse(completion_response(rid, job.model, [completion_choice(index, piece.text, None, logprobs)],
-                                              created))
-            yield sse(completion_response(rid, job.model, [completion_choice(
-                index, "", generation.finish_reason or "stop")], created))
+        for prompt in prompts:
+            job = prompt.job
+            counts[0] += len(job.prompt)
+            for choice_index in range(job.n):
+                generation = Generation(prompt_tokens=len(job.prompt))
+                offset = 0
+                if prompt.echo:
+                    echoed = _legacy_logprobs(job, prompt.logprobs, 0) if prompt.logprobs else None
+                    yield sse(completion_response(rid, model, [completion_choice(index, prompt.echo, None, echoed)],
+                                                  created))
+                    offset = len(prompt.echo)
+                if job.params.max_tokens == 0:
+                    generation.finish_reason = "length"
+                else:
+                    async for piece in run(job, choice_index, generation):
+                        logprobs = _legacy_logprobs(job, piece.logprobs, offset)
+                        offset += len(piece.text)
+                        yield sse(completion_response(rid, model, [completion_choice(index, piece.text, None,
+                                                                                     logprobs)], created))
+                counts[1] += generation.completion_tokens
+                yield sse(completion_response(rid, model, [completion_choice(
+                    index, "", generation.finish_reason or "stop")], created))
+                index += 1
     except ApiError as exc:
         yield sse(exc.body())
         yield sse("[DONE]")
         return
     if include_usage:
-        final = completion_response(rid, job.model, [], created,
-                                    (len(job.prompt), sum(g.completion_tokens for g in generations)))
-        yield sse(final)
+        yield sse(completion_response(rid, model, [], created, (counts[0], counts[1])))
     yield sse("[DONE]")

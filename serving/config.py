@@ -61,6 +61,9 @@ class ServeConfig:
         "metavar": "NAME=PATH", "action": "append"})
     max_body_bytes: int = _opt("Largest request body accepted, in bytes (a multimodal model's default is 28000000, "
                                "room for its images).", DEFAULT_MAX_BODY_BYTES)
+    allowed_origins: str | None = _opt("Web pages (origins) allowed to call the API from a browser, comma-separated "
+                                       "(https://app.example.com, https://*.example.com, or * for any); pages on "
+                                       "localhost always are. Others get a 403.", None, metavar="ORIGINS")
     allow_remote_images: bool = _opt("Multimodal models: fetch http(s) image URLs in requests (default: refused; "
                                      "images come inline as data: URLs).", False)
 
@@ -79,6 +82,7 @@ class ServeConfig:
         if self.model_dir is None:
             raise ServeConfigError("--model-dir is required (start.sh passes it).")
         self.named_adapters()
+        self.origins()
         if self.threads < 0:
             raise ServeConfigError("--threads must be at least 1 (0: the default).")
         if self.gguf_quant and self.engine != "llama.cpp":
@@ -112,6 +116,16 @@ class ServeConfig:
                 raise ServeConfigError(f"--lora {name} is given twice.")
             named[name] = Path(path).expanduser()
         return named
+
+    def origins(self) -> tuple[str, ...]:
+        """Every origin allowed to call the API (serving/origins.py); ServeConfigError for one that is not an
+        origin."""
+        from serving.origins import parse_origins
+
+        try:
+            return parse_origins(self.allowed_origins)
+        except ValueError as exc:
+            raise ServeConfigError(str(exc)) from exc
 
     def check_api_key(self) -> None:
         """HTTP headers carry ASCII: a key with other characters could never be matched, so refuse it now."""
@@ -162,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in fields(ServeConfig):
         flag = "--" + spec.name.replace("_", "-")
         kwargs = {"help": spec.metadata["help"], "dest": spec.name}
+        if "metavar" in spec.metadata and spec.metadata.get("action") != "append":
+            kwargs["metavar"] = spec.metadata["metavar"]
         if spec.type in ("bool",) or isinstance(spec.default, bool):
             parser.add_argument(flag, action="store_true", **kwargs)
             continue

@@ -77,6 +77,7 @@ def _template_tool_call(call: dict) -> dict:
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI pads chunks against length side channels; nothing to pad here
 
 
 # OpenAI parameters this server does not implement: a request that sets them is a 400 saying so, never a 200
@@ -102,6 +103,9 @@ class SamplingRequest(BaseModel):
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1)  # vLLM/Ollama: keep the k most likely tokens; 0 and -1 (vLLM's "off") keep all
+    min_p: float = Field(0.0, ge=0, le=1)  # vLLM/Ollama: drop tokens below min_p x the top token's probability
+    repetition_penalty: float = Field(1.0, gt=0, le=10)  # vLLM/transformers: >1 discourages repeating tokens
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
@@ -111,10 +115,13 @@ class SamplingRequest(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = Field(default_factory=dict)
-    user: str | None = None
+    # OpenAI fields that do not change the answer: accepted, and docs/serving.md says what each does here.
+    user: str | None = None  # an end-user label: only logged by OpenAI; not recorded here
+    safety_identifier: str | None = None  # user's replacement in the newer API; not recorded here
+    prompt_cache_key: str | None = None  # a cache-routing hint; this server keeps no prompt cache between requests
     metadata: dict[str, str] | None = None  # labels for stored completions; nothing is stored here
-    store: Literal[False] | None = None
-    service_tier: Literal["auto", "default"] | None = None
+    store: bool | None = None  # OpenAI may store the completion for evals; this server never stores anything
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None  # one tier here
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens even past end-of-sequence
 
     @model_validator(mode="before")
@@ -181,8 +188,14 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
 
 
+RESERVED_TEMPLATE_KWARGS = ("messages", "tools", "add_generation_prompt", "tokenize", "chat_template",
+                            "continue_final_message", "return_dict", "documents")
+
+
 class ChatRequest(SamplingRequest):
     messages: list[Message] = Field(min_length=1)
+    verbosity: Literal["low", "medium", "high"] | None = None  # a hint for OpenAI's reasoning models; none here
+    chat_template_kwargs: dict | None = None  # vLLM's extension: extra variables for the chat template
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -197,11 +210,22 @@ class ChatRequest(SamplingRequest):
             raise ApiError(400, "top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value")
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise ApiError(400, "tool_choice needs tools.", "tool_choice", "invalid_value")
-        if self.tool_choice == "required" or isinstance(self.tool_choice, ToolChoice):
-            raise ApiError(400, "tool_choice 'required' or a named function needs constrained decoding, which this "
-                                "server does not do: send tool_choice 'auto' (the model decides) or 'none'.",
-                           "tool_choice", "unsupported_parameter")
+        if isinstance(self.tool_choice, ToolChoice) and self.tool_choice.function.name not in \
+                {tool.function.name for tool in self.tools}:
+            raise ApiError(400, f"tool_choice names the function '{self.tool_choice.function.name}', which is not "
+                                "in tools.", "tool_choice", "invalid_value")
+        reserved = [key for key in self.chat_template_kwargs or {} if key in RESERVED_TEMPLATE_KWARGS]
+        if reserved:
+            raise ApiError(400, f"chat_template_kwargs cannot set '{reserved[0]}': the server sets it from the "
+                                "request.", "chat_template_kwargs", "invalid_value")
         return self
+
+    @property
+    def forced_tool(self) -> str | None:
+        """The function a named tool_choice forces ("*" for "required": any of the tools); None otherwise."""
+        if isinstance(self.tool_choice, ToolChoice):
+            return self.tool_choice.function.name
+        return "*" if self.tool_choice == "required" else None
 
     @property
     def active_tools(self) -> list[dict] | None:
@@ -211,32 +235,45 @@ class ChatRequest(SamplingRequest):
         return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
 
+MAX_PROMPTS = 256  # prompts in one /v1/completions request (lm-eval sends its batch as one list)
+
+
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str]
+    # A string, a list of strings, token ids, or a list of token-id lists (what lm-evaluation-harness sends).
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt only (loglikelihood)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = Field(None, ge=1)
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value):
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ValueError("exactly one prompt is supported")
-            value = value[0]
-        if not value:
+    def _prompts(cls, value):
+        prompts = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else value
+        if not prompts:
             raise ValueError("prompt is empty")
-        return value
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts in one request")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("a prompt is empty")
+        if any(t < 0 for p in prompts if not isinstance(p, str) for t in p):
+            raise ValueError("token ids cannot be negative")
+        return prompts
 
     @model_validator(mode="after")
     def _consistent(self):
         if self.best_of is not None and self.best_of != self.n:
             raise ApiError(400, "best_of other than n is not supported by this server (it would rank candidates "
                                 "it generated but did not return).", "best_of", "unsupported_parameter")
-        if self.echo and self.logprobs is not None:
-            raise ApiError(400, "echo with logprobs (log-probabilities of the prompt) is not supported by this "
-                                "server.", "echo", "unsupported_parameter")
+        if self.max_tokens == 0 and not self.echo:
+            raise ApiError(400, "max_tokens 0 generates nothing: send echo: true to score the prompt.", "max_tokens",
+                           "invalid_value")
         return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, always as a list (the validator normalised them)."""
+        return self.prompt  # type: ignore[return-value]
 
 
 def new_id(prefix: str) -> str:
@@ -277,7 +314,8 @@ def completion_logprobs(entries: list, offset: int) -> dict:
         text_offset.append(offset)
         offset += len(entry.token)
     return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [dict(e.top) for e in entries], "text_offset": text_offset}
+            "top_logprobs": [dict(e.top) if e.logprob is not None else None for e in entries],
+            "text_offset": text_offset}
 
 
 def completion_choice(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from serving.budget import BudgetExceeded
 from serving.engines.base import Engine, Generation, GenerationParams
 from serving.images import load_image_file
 from serving.protocol import ApiError
@@ -67,7 +68,10 @@ def chat_loop(engine: Engine, router: Router, stdin: TextIO, stdout: TextIO, tem
         history.append({"role": "user", "content": content})
         images += attached
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        prompt = engine.chat_prompt(messages, route.key, None, images)
+        try:
+            prompt = engine.chat_prompt(messages, route.key, None, images)
+        except BudgetExceeded:  # budget.check_size: the template wrote far more than any context holds
+            prompt = range(engine.context_length)
         room = engine.context_length - len(prompt)
         if room < 1:
             history.pop()

@@ -174,3 +174,54 @@ def _partial_marker_length(text: str) -> int:
         if any(m.startswith(text[-length:]) for m in MARKERS):
             return length
     return 0
+
+
+# --- forced tool calls (tool_choice "required" or a named function) --------------------------------------
+def forced_call_schema(tools: list[dict], name: str, parallel: bool) -> dict:
+    """The JSON Schema a forced answer is decoded under: a list of {"name", "arguments"} calls, each naming an
+    offered function (`name`, or any for "*") with arguments of that function's schema; one call for a named
+    function (as OpenAI answers it) or when parallel_tool_calls is false. The same shape for every model family,
+    as vLLM does: the template has already shown the model the tools, and the grammar guarantees a call the
+    client can run."""
+    options = []
+    for tool in tools:
+        function = tool["function"]
+        if name not in ("*", function["name"]):
+            continue
+        options.append({"type": "object", "properties": {
+            "name": {"const": function["name"]},
+            "arguments": function.get("parameters") or {"type": "object"}},
+            "required": ["name", "arguments"], "additionalProperties": False})
+    items = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = {"type": "array", "items": items, "minItems": 1}
+    if not parallel or name != "*":
+        schema["maxItems"] = 1
+    return schema
+
+
+def parse_forced_calls(text: str) -> tuple[str, list[dict]]:
+    """(content, tool_calls) of an answer decoded under forced_call_schema; an answer cut short by max_tokens does
+    not parse and stays content (finish_reason "length" says why)."""
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return text, []
+    calls = [_as_call(item, None) for item in items] if isinstance(items, list) else []
+    if not calls or any(call is None for call in calls):
+        return text, []
+    return "", calls
+
+
+class ForcedCallStream:
+    """The streaming counterpart of parse_forced_calls: holds everything, parses at the end (ToolCallStream's
+    interface)."""
+
+    def __init__(self):
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        self.held += text
+        return ""
+
+    def finish(self) -> tuple[str, list[dict]]:
+        return parse_forced_calls(self.held)

@@ -71,12 +71,23 @@ class ScriptedEngine:
     def chat_template(self, key=None):
         return self.base_template
 
-    def chat_prompt(self, messages, key=None, tools=None, images=None):
+    def chat_prompt(self, messages, key=None, tools=None, images=None, template_kwargs=None):
         self.prompts.append((messages, tools))
+        self.template_kwargs = template_kwargs
         return [1, 2, 3]
 
     def text_prompt(self, prompt):
         return [1, 2, 3]
+
+    vocab_size = 1000
+    supports_logprobs = False
+    supports_embeddings = False
+    name = "scripted"
+
+    def compile_format(self, output):
+        """Records the constraint (the script plays the model that obeys it)."""
+        self.constraints = getattr(self, "constraints", []) + [output]
+        return output
 
     def stream(self, prompt_ids, params, generation, key=None):
         from serving.engines.decoding import Piece

@@ -82,12 +82,22 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
         lines += format_run_evaluation(info["evaluation"], model_dir)
     if model_dir is not None:
         here = shlex.quote(str(model_dir))
-        lines += ["Serve it:   ./start.sh   (./lora is loaded)",
+        lines += [serve_command(info, model_dir),
                   f"Export it:  llm-installer export {here} --format merged               (transformers / vLLM)",
                   f"            llm-installer export {here} --format gguf --outtype q8_0   (llama.cpp, LM Studio)",
                   f"            llm-installer export {here} --format ollama --create NAME  (then: ollama run NAME)"]
     lines.append("=" * 60)
     return "\n".join(lines)
+
+
+def serve_command(info: dict, model_dir: Path) -> str:
+    """The line that says how to serve what was just trained: ./start.sh loads ./lora; an adapter written elsewhere
+    (--output DIR) is served with --load-lora DIR."""
+    output = (info.get("hyperparameters") or {}).get("output")
+    if not output or Path(output).resolve() == (Path(model_dir) / "lora").resolve():
+        return "Serve it:   ./start.sh   (./lora is loaded)"
+    return (f"Serve it:   {shlex.quote(str(Path(model_dir) / 'start.sh'))} --load-lora "
+            f"{shlex.quote(str(Path(output).resolve()))}")
 
 
 def _preference_lines(preference: dict) -> list[str]:

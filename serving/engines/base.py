@@ -22,9 +22,11 @@ from core.adapter import AdapterInfo
 from core.errors import UserError
 from handlers import handler_for_config
 from handlers.chat_templates import fold_tool_turns, normalise_messages
+from serving.budget import check_size
 from serving.engines.decoding import Piece
-from serving.engines.gate import AdapterGate
+from serving.engines.gate import AdapterGate, Turn
 from serving.engines.multimodal import processor_prompt
+from serving.engines.structured import Grammar, GrammarCompiler, StructuredOutput
 
 
 class LoadError(UserError, RuntimeError):
@@ -53,6 +55,7 @@ class ServeSettings(Protocol):
     gguf_quant: str | None
     threads: int
     chat: bool
+    allowed_origins: str | None
 
     @property
     def model_info(self) -> dict: ...
@@ -65,6 +68,9 @@ class GenerationParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off (vLLM's -1 is mapped to 0 by the protocol)
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # 1: off; over prompt and answer, as vLLM and transformers apply it
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
@@ -73,8 +79,9 @@ class GenerationParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: bool = False
     top_logprobs: int = 0
+    special_logprobs: bool = False  # also list special tokens (end-of-text) in logprobs, as legacy completions do
     keep_tokens: set[int] = field(default_factory=set)  # special tokens the caller must see (tool-call markers)
-    grammar: object | None = None  # response_format compiled by the engine's compile_format
+    grammar: Grammar | None = None  # response_format or a forced tool call, compiled by compile_format
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Generation:
     completion_tokens: int = 0
     finish_reason: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    turn: Turn | None = None  # its slot while admitted: the engine calls turn.share() between tokens
 
 
 class Engine(ABC):
@@ -92,7 +100,8 @@ class Engine(ABC):
     generation for one route (the base model or an adapter)."""
 
     name: ClassVar[str]  # as --engine spells it (serving/engines/registry.py)
-    supports_logprobs: ClassVar[bool] = True
+    supports_logprobs: ClassVar[bool] = True  # also the prompt's (echo with logprobs): `_score`
+    supports_embeddings: ClassVar[bool] = False  # `_embed`
     processor = None  # a multimodal model's processor: chat prompts with images are rendered with it
 
     def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
@@ -102,6 +111,7 @@ class Engine(ABC):
         self.base_template = getattr(tokenizer, "chat_template", None)
         self._gate = AdapterGate(max_concurrency, self._activate)
         self._stats_lock = threading.Lock()
+        self._grammars: GrammarCompiler | None = None
         self.stats = {"waiting": 0, "active": 0, "completed": 0, "cancelled": 0}
 
     # --- life cycle --------------------------------------------------------------------------
@@ -132,18 +142,19 @@ class Engine(ABC):
         return (adapter.chat_template if adapter and adapter.chat_template else None) or self.base_template
 
     def chat_prompt(self, messages: list[dict], key: str | None = None, tools: list[dict] | None = None,
-                    images: list | None = None) -> list[int]:
+                    images: list | None = None, template_kwargs: dict | None = None) -> list[int]:
         """Token ids of a conversation rendered with the route's chat template, ready for the assistant's turn.
 
         Rendered as training renders it (training/data/tokenize.py): a template without tool support gets earlier tool
         calls as `<tool_call>` text and tool results as user turns if it rejects the tool role; `tools` reach
-        templates that use them. ValueError when the template rejects the conversation.
+        templates that use them; `template_kwargs` (chat_template_kwargs: enable_thinking, ...) are variables for
+        the template. ValueError when the template rejects the conversation.
         """
         template = self.chat_template(key)
         messages = normalise_messages(messages, isinstance(template, str) and "tool_calls" in template)
         if self.processor is not None:  # multimodal: the processor renders and expands image tokens
-            return processor_prompt(self, messages, images or [], template, tools)
-        extra = {"tools": tools} if tools and "tools" in (template or "") else {}
+            return processor_prompt(self, messages, images or [], template, tools, template_kwargs)
+        extra = {**(template_kwargs or {}), **({"tools": tools} if tools and "tools" in (template or "") else {})}
         try:
             text = self._render(messages, template, extra)
         except Exception as exc:  # jinja2 TemplateError / raise_exception() inside the template
@@ -154,6 +165,7 @@ class Engine(ABC):
                 text = self._render(folded, template, extra)
             except Exception as again:
                 raise ValueError(f"The model's chat template rejected these messages: {again}") from again
+        check_size(text, self.context_length)  # before tokenizing: a template may write megabytes
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _render(self, messages: list[dict], template: str | None, extra: dict) -> str:
@@ -163,10 +175,17 @@ class Engine(ABC):
     def text_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
 
-    @abstractmethod
-    def compile_format(self, output):
-        """response_format (structured.StructuredOutput) compiled into this engine's constraint, which the request
-        carries as GenerationParams.grammar; structured.FormatError (a 400) when the engine cannot enforce it."""
+    @property
+    def vocab_size(self) -> int:
+        """Width of the model's logits (may exceed the tokenizer's length: padded embedding matrices)."""
+        return len(self.tokenizer)
+
+    def compile_format(self, output: StructuredOutput) -> Grammar:
+        """A constraint (response_format or a forced tool call) compiled for this model's tokenizer; the request
+        carries it as GenerationParams.grammar. structured.FormatError (a 400) when the schema cannot be enforced."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size)
+        return self._grammars.compile(output)
 
     # --- generation --------------------------------------------------------------------------
     def _count(self, key: str, delta: int = 1) -> None:
@@ -180,7 +199,9 @@ class Engine(ABC):
         self._count("waiting")
         admitted = False
         try:
-            with self._gate.admit(key, generation.cancel) as admitted:
+            with self._gate.admit(key, generation.cancel) as turn:
+                admitted = bool(turn)
+                generation.turn = turn
                 self._count("waiting", -1)
                 if admitted:
                     self._count("active")
@@ -193,6 +214,27 @@ class Engine(ABC):
                 generation.finish_reason = "cancelled"
             cancelled = generation.finish_reason in (None, "cancelled")
             self._count("cancelled" if cancelled else "completed")
+
+    def _admitted(self, key: str | None, cancel: threading.Event, work):
+        """`work()` run in this engine's turn with adapter `key` (a forward pass that is not a generation); None
+        when cancelled while waiting."""
+        with self._gate.admit(key, cancel) as turn:
+            return work() if turn else None
+
+    def score(self, prompt_ids: list[int], top: int, key: str | None, cancel: threading.Event) -> list | None:
+        """Each prompt token's decoding.TokenLogprob given the tokens before it (the first: logprob None); None
+        when cancelled while waiting. Engines with supports_logprobs implement `_score`."""
+        return self._admitted(key, cancel, lambda: self._score(prompt_ids, top))
+
+    def _score(self, prompt_ids: list[int], top: int) -> list:
+        raise NotImplementedError(f"--engine {self.name} does not score prompts")
+
+    def embed(self, inputs: list[list[int]], key: str | None, cancel: threading.Event) -> list[list[float]] | None:
+        """One embedding per token-id list (supports_embeddings engines); None when cancelled while waiting."""
+        return self._admitted(key, cancel, lambda: self._embed(inputs))
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        raise NotImplementedError(f"--engine {self.name} does not embed")
 
     @abstractmethod
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:

@@ -3,7 +3,7 @@ continuous-batching manager (`init_continuous_batching`), instead of one `genera
 
 The manager samples for every request with one sampler, so it takes the requests it can serve exactly: greedy
 (per-request top_k 1) or plain temperature/top-p sampling without a seed, and without log-probabilities,
-penalties, logit bias or response_format, whose processors are per `generate` call. The others still run
+penalties, top_k/min_p/repetition_penalty, logit bias or a grammar, whose processors are per `generate` call. The others still run
 through `generate` beside it. The adapter gate (serving/engines/gate.py) only switches adapters when nothing is
 generating, so batched requests always share one adapter; CUDA graphs stay off because they would replay the
 adapter state they were captured with.
@@ -27,7 +27,8 @@ CPU_PAGES = 64
 def batchable(params) -> bool:
     """Whether continuous batching reproduces what `generate` would do for these GenerationParams."""
     return not (params.logprobs or params.presence_penalty or params.frequency_penalty or params.logit_bias
-                or params.grammar is not None or params.seed is not None)
+                or params.grammar is not None or params.seed is not None or params.top_k or params.min_p
+                or params.repetition_penalty != 1.0)
 
 
 def _sampling(params, vocab_size: int) -> dict:

@@ -14,7 +14,7 @@ class TokenLogprob:
     """One generated token as OpenAI's `logprobs.content[]` entry describes it."""
 
     token: str
-    logprob: float
+    logprob: float | None  # None: the first token of a scored prompt (nothing comes before it)
     top: list[tuple[str, float]] = field(default_factory=list)
 
     def as_chat(self) -> dict:
@@ -98,6 +98,22 @@ class LogprobRecorder:
             values, indices = row.topk(self.top)
             top = [(self.tokenizer.decode([int(i)]), _finite(float(v))) for v, i in zip(values, indices, strict=True)]
         return TokenLogprob(self.tokenizer.decode([token_id]), _finite(float(row[token_id])), top)
+
+
+def prompt_logprobs(tokenizer, ids: list[int], rows, top: int) -> list[TokenLogprob]:
+    """Entries of a scored prompt: token i's log-probability is read from the row of position i - 1 (`rows`: the
+    log-softmax of every position's logits)."""
+    entries = [TokenLogprob(tokenizer.decode([ids[0]]), None)]
+    for position in range(1, len(ids)):
+        row = rows[position - 1]
+        alternatives = []
+        if top:
+            values, indices = row.topk(top)
+            alternatives = [(tokenizer.decode([int(i)]), _finite(float(v))) for v, i in zip(values, indices,
+                                                                                               strict=True)]
+        entries.append(TokenLogprob(tokenizer.decode([ids[position]]), _finite(float(row[ids[position]])),
+                                    alternatives))
+    return entries
 
 
 def _finite(value: float) -> float:

@@ -4,6 +4,11 @@ The engine holds one copy of the base weights with every adapter attached; which
 model-wide state. So generations for the same model id may share the model (up to --max-concurrency), and a
 request for another id waits until those finish, then switches the adapter. Admission is first come,
 first served, so a stream of requests for one adapter cannot starve another.
+
+Fairness: a running generation calls `Turn.share()` between tokens (the transformers engine does, every
+SHARE_EVERY tokens); when someone waits, it steps aside to the back of the queue and resumes when its turn comes
+again (its adapter switched back on). So a short request waits for at most SHARE_EVERY tokens of each request
+ahead of it, not for whole long answers: round-robin time slicing through the same FIFO.
 """
 
 from __future__ import annotations
@@ -14,6 +19,26 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 _NOTHING_ACTIVE = object()
+SHARE_EVERY = 16  # tokens a generation runs before it lets a waiting request have the model
+
+
+class Turn:
+    """An admitted generation's hold on a slot (truthy when admitted); `share()` passes the model on if others
+    wait."""
+
+    def __init__(self, gate: AdapterGate, key: str | None, cancel: threading.Event, held: bool):
+        self.gate, self.key, self.cancel, self.held = gate, key, cancel, held
+
+    def __bool__(self) -> bool:
+        return self.held
+
+    def share(self) -> None:
+        """Step aside for whoever waits (no-op when nobody does); returns once this generation runs again, or at
+        once when it was cancelled while waiting (it then holds no slot and must stop)."""
+        if not self.held or not self.gate.waiting:
+            return
+        self.gate._release()
+        self.held = self.gate._acquire(self.key, self.cancel)
 
 
 class AdapterGate:
@@ -34,9 +59,8 @@ class AdapterGate:
         return (self._queue[0] is ticket and self._active < self._slots
                 and (self._active == 0 or self._current == key))
 
-    @contextlib.contextmanager
-    def admit(self, key: str | None, cancel: threading.Event) -> Iterator[bool]:
-        """Wait for a turn with adapter `key` active; yields False (without running) if `cancel` is set first."""
+    def _acquire(self, key: str | None, cancel: threading.Event) -> bool:
+        """Wait for a slot with adapter `key` active; False (no slot) if `cancel` is set first."""
         ticket = object()
         with self._cond:
             self._queue.append(ticket)
@@ -48,17 +72,25 @@ class AdapterGate:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
             if cancel.is_set():
-                admitted = False
-            else:
-                if self._current != key:
-                    self._switch(key)
-                    self._current = key
-                self._active += 1
-                admitted = True
+                return False
+            if self._current != key:
+                self._switch(key)
+                self._current = key
+            self._active += 1
+            return True
+
+    def _release(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def admit(self, key: str | None, cancel: threading.Event) -> Iterator[Turn]:
+        """Wait for a turn with adapter `key` active; yields a false Turn (without running) if `cancel` is set
+        first."""
+        turn = Turn(self, key, cancel, self._acquire(key, cancel))
         try:
-            yield admitted
+            yield turn
         finally:
-            if admitted:
-                with self._cond:
-                    self._active -= 1
-                    self._cond.notify_all()
+            if turn.held:
+                self._release()

@@ -34,7 +34,7 @@ from serving.engines.base import (
     trusts_remote_code,
 )
 from serving.engines.decoding import Detokenizer, Piece
-from serving.engines.structured import llama_grammar
+from serving.engines.structured import numpy_processor
 
 log = logging.getLogger("serve")
 GGUF_DIR = "gguf"
@@ -184,9 +184,9 @@ class LlamaCppEngine(Engine):
         if status:
             raise RuntimeError(f"llama_set_adapters_lora failed ({status})")
 
-    def compile_format(self, output):
-        """response_format as a llama.cpp grammar (structured.FormatError for a schema it cannot convert)."""
-        return llama_grammar(output)
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.n_vocab())
 
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
         from llama_cpp import llama_cpp as native
@@ -194,10 +194,9 @@ class LlamaCppEngine(Engine):
         llm = self.model
         # The seed outlives the request in llama.cpp: an unseeded request must get a random one again.
         llm.set_seed(native.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 2**32)
-        processors = None
+        processors = []
         if params.logit_bias:
             import numpy as np
-            from llama_cpp import LogitsProcessorList
 
             ids = np.array(list(params.logit_bias), dtype=np.int64)
             values = np.array(list(params.logit_bias.values()), dtype=np.float32)
@@ -206,14 +205,18 @@ class LlamaCppEngine(Engine):
                 scores[ids] += values
                 return scores
 
-            processors = LogitsProcessorList([bias])
+            processors.append(bias)
+        if params.grammar is not None:  # last, as with transformers: the same llguidance grammar, numpy masks
+            processors.append(numpy_processor(params.grammar, len(prompt_ids)))
         # No reuse of the previous request's cached prompt prefix: the prompt evaluated in one batch and its tail
         # evaluated token by token round differently, and a greedy answer changed with the request before it.
         llm.reset()
-        tokens = llm.generate(prompt_ids, top_k=0, top_p=params.top_p, min_p=0.0, temp=params.temperature,
-                              repeat_penalty=1.0, frequency_penalty=params.frequency_penalty,
-                              presence_penalty=params.presence_penalty, logits_processor=processors,
-                              grammar=params.grammar)
+        from llama_cpp import LogitsProcessorList
+
+        tokens = llm.generate(prompt_ids, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                              temp=params.temperature, repeat_penalty=params.repetition_penalty,
+                              frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
+                              logits_processor=LogitsProcessorList(processors) if processors else None)
         detokenizer = Detokenizer(self.tokenizer, params.keep_tokens)
         state = {"count": 0, "finish": None}
 

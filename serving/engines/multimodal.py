@@ -15,10 +15,10 @@ class PromptIds(list):
 
 
 def processor_prompt(engine, messages: list[dict], images: list, template: str | None,
-                     tools: list[dict] | None = None) -> PromptIds:
+                     tools: list[dict] | None = None, template_kwargs: dict | None = None) -> PromptIds:
     """The token ids of a conversation rendered by the processor (image tokens expanded) with its image tensors."""
     processor = engine.processor
-    extra = {"tools": tools} if tools and "tools" in (template or "") else {}
+    extra = {**(template_kwargs or {}), **({"tools": tools} if tools and "tools" in (template or "") else {})}
     try:
         text = processor.apply_chat_template(part_messages(messages), chat_template=template, tokenize=False,
                                              add_generation_prompt=True, **extra)

@@ -1,34 +1,48 @@
-"""OpenAI's `response_format` (`json_object`, `json_schema`) as constrained decoding: the answer can only be
-JSON (matching the schema when one is given).
+"""Constrained decoding: OpenAI's `response_format` (`json_object`, `json_schema`) and forced tool calls
+(`tool_choice` "required" or a named function) as a grammar the answer cannot leave.
 
---engine llama.cpp compiles a GBNF grammar with llama-cpp-python (its own JSON grammar, or one made from the
-schema). --engine transformers uses xgrammar's logits processor where xgrammar is installed
-(`pip install xgrammar`); without it the request is refused with a 400 that says so.
+One library enforces it for every engine: llguidance (a requirement, ~3 MB; the engine behind llama.cpp's and
+vLLM's grammars). A JSON Schema is compiled once per tokenizer into an llguidance grammar; each generation gets
+its own matcher, which masks the logits before sampling: as a transformers logits processor (torch) or as a
+llama-cpp-python logits processor (numpy) over the same Hugging Face token ids, since the llama.cpp engine
+tokenizes with the model's own tokenizer. docs/serving.md has the measurements behind the choice.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import threading
 from dataclasses import dataclass
 
+# Compact JSON: with whitespace allowed anywhere, small models were seen emitting only whitespace until max_tokens.
+JSON_OPTIONS = {"whitespace_flexible": False}
+ANY_OBJECT = {"type": "object"}
+
 
 class FormatError(ValueError):
-    """The response_format cannot be honoured; the message is the 400's, naming what to do."""
+    """The constraint cannot be honoured; the message is the 400's, naming what to do."""
 
 
 @dataclass(frozen=True)
 class StructuredOutput:
-    """What the answer must be: any JSON object (schema None) or JSON matching `schema`."""
+    """What the answer must be: any JSON object (schema None) or JSON matching `schema`.
 
-    kind: str  # "json_object" or "json_schema"
+    `kind` says who asked: "json_object"/"json_schema" (response_format) or "tool_call" (a forced tool call,
+    whose schema serving/tools.py builds from the tools)."""
+
+    kind: str
     schema: dict | None = None
 
     @property
-    def schema_text(self) -> str | None:
-        return None if self.schema is None else json.dumps(self.schema, sort_keys=True)
+    def schema_text(self) -> str:
+        # Keys in the client's order: properties are written in schema order (sorting would reorder the answer).
+        return json.dumps(self.schema if self.schema is not None else ANY_OBJECT)
+
+    @property
+    def param(self) -> str:
+        """The request field a FormatError points at."""
+        return "tool_choice" if self.kind == "tool_call" else "response_format"
 
 
 def structured_output(response_format) -> StructuredOutput | None:
@@ -47,65 +61,123 @@ def structured_output(response_format) -> StructuredOutput | None:
     return StructuredOutput("json_schema", schema)
 
 
-# --- llama.cpp ------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _llama_grammar(schema_text: str | None):
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+@dataclass(frozen=True)
+class Grammar:
+    """A compiled constraint: llguidance's grammar for one tokenizer. `matcher()` starts one generation's state."""
 
-    if schema_text is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return LlamaGrammar.from_json_schema(schema_text, verbose=False)
+    tokenizer: object  # llguidance.LLTokenizer
+    text: str
+    vocab_size: int
 
+    def matcher(self):
+        import llguidance
 
-def llama_grammar(output: StructuredOutput):
-    """A llama-cpp-python LlamaGrammar for `output` (cached per schema); FormatError for a schema it cannot turn
-    into a grammar."""
-    try:
-        return _llama_grammar(output.schema_text)
-    except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError/KeyError for what it cannot convert
-        raise FormatError(f"response_format: this JSON Schema cannot be enforced by llama.cpp's grammar: {exc}.") \
-            from exc
+        return llguidance.LLMatcher(self.tokenizer, self.text, log_level=0)
 
 
-# --- transformers (xgrammar) ----------------------------------------------------------------
-def xgrammar_available() -> bool:
-    return importlib.util.find_spec("xgrammar") is not None
-
-
-class XGrammarCompiler:
-    """xgrammar's compiler for one tokenizer (built once, on the first structured request)."""
+class GrammarCompiler:
+    """Compiles constraints for one tokenizer (its llguidance view is built once, on the first request: ~1 s)."""
 
     def __init__(self, tokenizer, vocab_size: int):
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
-        self._compiler = None
         self._lock = threading.Lock()
-        self._cache: dict[str | None, object] = {}
+        self._llg_tokenizer = None
 
-    def compile(self, output: StructuredOutput):
-        """The compiled grammar for `output` (cached); FormatError when xgrammar is missing or rejects the schema."""
-        if not xgrammar_available():
-            raise FormatError(f"response_format '{output.kind}' needs constrained decoding: install xgrammar "
-                              "(.venv/bin/pip install xgrammar) or serve with --engine llama.cpp.")
-        import xgrammar
-
-        key = output.schema_text
+    def compile(self, output: StructuredOutput) -> Grammar:
+        """The grammar for `output`; FormatError naming the request field when the schema cannot be enforced."""
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-            if self._compiler is None:
-                info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size)
-                self._compiler = xgrammar.GrammarCompiler(info)
-            try:
-                # Compact JSON: with whitespace allowed anywhere, small models were seen emitting only whitespace.
-                compiled = self._compiler.compile_json_schema(key or '{"type": "object"}', any_whitespace=False)
-            except Exception as exc:  # xgrammar raises RuntimeError with its parser's message
-                raise FormatError(f"response_format: this JSON Schema cannot be enforced: {exc}.") from exc
-            self._cache[key] = compiled
-            return compiled
+            if self._llg_tokenizer is None:
+                try:
+                    self._llg_tokenizer = _llg_tokenizer(self.tokenizer, self.vocab_size)
+                except ValueError as exc:  # llguidance reads fast (Rust) tokenizers only
+                    raise FormatError(f"{output.param}: constrained decoding needs a fast tokenizer, and this "
+                                      f"model's cannot be read by llguidance ({_first_line(exc)}).") from exc
+        text = _grammar_text(output.schema_text)
+        if isinstance(text, Exception):
+            raise FormatError(f"{output.param}: this JSON Schema cannot be enforced: {_first_line(text)}.")
+        import llguidance
+
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self._llg_tokenizer)
+        if failed:  # (True, [the error]) for what the compiler rejects: an unknown type, a broken pattern
+            raise FormatError(f"{output.param}: this JSON Schema cannot be enforced: {_first_line(messages[0])}.")
+        return Grammar(self._llg_tokenizer, text, self.vocab_size)
 
 
-def xgrammar_processor(compiled):
-    """A fresh transformers logits processor for one generate() call (xgrammar's processors are single-use)."""
-    from xgrammar.contrib.hf import LogitsProcessor
+def _llg_tokenizer(tokenizer, vocab_size: int):
+    import llguidance.hf
 
-    return LogitsProcessor(compiled)
+    return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_text(schema_text: str):
+    """llguidance's grammar for a JSON Schema (cached per schema), or the exception explaining why not."""
+    import llguidance
+
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(schema_text, overrides=JSON_OPTIONS)
+    except (ValueError, TypeError) as exc:
+        return exc
+
+
+def _first_line(message) -> str:
+    return str(message).strip().splitlines()[0].rstrip(".") if str(message).strip() else "rejected"
+
+
+class GrammarGuide:
+    """One generation's grammar state: `allowed(tokens)` consumes the tokens sampled since the last call and
+    returns the bitmask of the next allowed tokens (numpy int32, one bit per token id)."""
+
+    def __init__(self, grammar: Grammar):
+        import llguidance.numpy
+
+        self.matcher = grammar.matcher()
+        self.vocab_size = grammar.vocab_size
+        self.mask = llguidance.numpy.allocate_token_bitmask(1, grammar.vocab_size)
+        self.consumed = 0
+
+    def advance(self, generated: list[int]) -> None:
+        """Feed the sampled tokens not yet seen; a token the grammar refused is a bug, not a user error."""
+        new = generated[self.consumed:]
+        if new and not self.matcher.is_stopped():
+            if not self.matcher.consume_tokens([int(t) for t in new]):
+                raise RuntimeError(f"constrained decoding lost its grammar: {self.matcher.get_error()}")
+        self.consumed = len(generated)
+
+    def fill(self) -> None:
+        import llguidance.numpy
+
+        llguidance.numpy.fill_next_token_bitmask(self.matcher, self.mask)
+
+
+def torch_processor(grammar: Grammar, prompt_length: int):
+    """A transformers logits processor enforcing `grammar` on one generate() call (batch of one)."""
+    import llguidance.torch
+    import torch
+    from transformers import LogitsProcessor
+
+    guide = GrammarGuide(grammar)
+
+    class Constrained(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            guide.advance(input_ids[0, prompt_length:].tolist())
+            guide.fill()
+            llguidance.torch.apply_token_bitmask_inplace(scores, torch.from_numpy(guide.mask).to(scores.device))
+            return scores
+
+    return Constrained()
+
+
+def numpy_processor(grammar: Grammar, prompt_length: int):
+    """A llama-cpp-python logits processor (input_ids, scores) -> scores enforcing `grammar` on one generation."""
+    import llguidance.numpy
+
+    guide = GrammarGuide(grammar)
+
+    def constrained(input_ids, scores):
+        guide.advance(list(input_ids[prompt_length:]))
+        guide.fill()
+        llguidance.numpy.apply_token_bitmask_inplace(scores.reshape(1, -1), guide.mask)
+        return scores
+
+    return constrained

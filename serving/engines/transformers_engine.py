@@ -30,8 +30,10 @@ from serving.engines.decoding import (
     TokenStreamer,
     bias_processor,
     penalty_processor,
+    prompt_logprobs,
 )
-from serving.engines.structured import XGrammarCompiler, xgrammar_processor
+from serving.engines.gate import SHARE_EVERY
+from serving.engines.structured import torch_processor
 
 log = logging.getLogger("serve")
 BATCH_SLOTS = 32  # requests admitted at once when continuous batching is on (the rest queue)
@@ -58,6 +60,7 @@ class TransformersEngine(Engine):
     shared forward passes; PEFT switches the adapters."""
 
     name = "transformers"
+    supports_embeddings = True
 
     def __init__(self, model, tokenizer, device: str, adapters: dict[str, AdapterInfo], context_length: int,
                  max_concurrency: int = 1):
@@ -142,12 +145,35 @@ class TransformersEngine(Engine):
         if self._batcher is not None:
             self._batcher.stop()
 
-    def compile_format(self, output):
-        """response_format as xgrammar's grammar; structured.FormatError (a 400) when xgrammar is missing or
-        rejects the schema."""
-        if getattr(self, "_formats", None) is None:
-            self._formats = XGrammarCompiler(self.tokenizer, self.model.config.get_text_config().vocab_size)
-        return self._formats.compile(output)
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.get_text_config().vocab_size
+
+    # --- forward passes that are not generations ---------------------------------------------------
+    def _score(self, prompt_ids: list[int], top: int) -> list:
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.tensor([list(prompt_ids)], device=self._input_device)
+            rows = torch.log_softmax(self.model(input_ids=inputs).logits[0].float(), dim=-1)
+        return prompt_logprobs(self.tokenizer, list(prompt_ids), rows, top)
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """The mean of the last layer's hidden states over the input's tokens (mean pooling), one input at a time
+        (no padding to get wrong)."""
+        import torch
+
+        vectors = []
+        with torch.inference_mode():
+            for ids in inputs:
+                tensor = torch.tensor([ids], device=self._input_device)
+                hidden = self.model(input_ids=tensor, output_hidden_states=True).hidden_states[-1][0]
+                vectors.append(hidden.float().mean(dim=0).tolist())
+        return vectors
+
+    @property
+    def _input_device(self) -> str:
+        return self.device if self.device != "auto" else "cpu"
 
     # --- generation --------------------------------------------------------------------------
     def _generate(self, prompt_ids, params: GenerationParams, generation: Generation) -> Iterator[Piece]:
@@ -189,7 +215,14 @@ class TransformersEngine(Engine):
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
+            """Stops on cancel; every SHARE_EVERY tokens lets a waiting request run first (gate.py: fairness)."""
+
+            steps = 0
+
             def __call__(self, input_ids, scores, **kwargs):
+                self.steps += 1
+                if generation.turn is not None and self.steps % SHARE_EVERY == 0:
+                    generation.turn.share()
                 return generation.cancel.is_set()
 
         recorder = LogprobRecorder(self.tokenizer, params.top_logprobs) if params.logprobs else None
@@ -199,7 +232,7 @@ class TransformersEngine(Engine):
         if params.logit_bias:
             processors.append(bias_processor(params.logit_bias))
         if params.grammar is not None:  # last: nothing after it may make a token the grammar forbids likely again
-            processors.append(xgrammar_processor(params.grammar))
+            processors.append(torch_processor(params.grammar, len(prompt_ids)))
         streamer = TokenStreamer(recorder)
         inputs = torch.tensor([prompt_ids], device=self.device if self.device != "auto" else "cpu")
         sampling = params.temperature > 0
@@ -212,9 +245,12 @@ class TransformersEngine(Engine):
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_tokens
         if sampling:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                          min_p=params.min_p or None)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
         result: dict = {}
 
         def work():
@@ -233,8 +269,8 @@ class TransformersEngine(Engine):
         worker.start()
         finished = False
         try:
-            yield from cut_at_stop(_pieces(streamer, Detokenizer(self.tokenizer, params.keep_tokens)), params.stop,
-                                    generation)
+            yield from cut_at_stop(_pieces(streamer, Detokenizer(self.tokenizer, params.keep_tokens),
+                                           params.special_logprobs), params.stop, generation)
             finished = True
         finally:
             if not finished:  # the consumer left early (client gone, Ctrl+C): stop generating
@@ -273,10 +309,11 @@ def _attach_adapters(model, adapters: dict[str, AdapterInfo]):
     return model
 
 
-def _pieces(streamer: TokenStreamer, detokenizer: Detokenizer) -> Iterator[Piece]:
+def _pieces(streamer: TokenStreamer, detokenizer: Detokenizer, special: bool = False) -> Iterator[Piece]:
     pending: list[TokenLogprob] = []
     for token_id, entry in streamer:
-        if entry is not None and token_id not in detokenizer.skip:  # end-of-turn tokens are not part of the answer
+        # End-of-turn tokens are not part of a chat answer; legacy completions (`special`) list them.
+        if entry is not None and (special or token_id not in detokenizer.skip):
             pending.append(entry)
         text = detokenizer.add(token_id)
         if text:

@@ -4,6 +4,7 @@ is loaded here (serving/engines/registry.py lists it as a hand-off)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -25,11 +26,25 @@ def max_lora_rank(ranks: list[int]) -> int:
                            "Use --engine transformers.")
 
 
+def vllm_origins(cfg: ServeSettings) -> str:
+    """vLLM's --allowed-origins (a JSON list of exact origins; vLLM's own default is every origin): the origins
+    --allowed-origins gives, or this server's own loopback origins; ServeConfigError for a wildcard pattern,
+    which vLLM cannot match."""
+    given = [item.strip().rstrip("/") for item in (cfg.allowed_origins or "").split(",") if item.strip()]
+    patterns = [item for item in given if "*" in item and item != "*"]
+    if patterns:
+        raise ServeConfigError(f"--allowed-origins {patterns[0]}: vLLM matches exact origins only (or *); list each "
+                               "origin with --engine vllm.")
+    if not given:
+        given = [f"http://{host}:{cfg.port}" for host in ("localhost", "127.0.0.1")]
+    return json.dumps(given)
+
+
 def vllm_command(cfg: ServeSettings, router: Router, executable: str = "vllm") -> list[str]:
     """The `vllm serve` command line for this configuration: every adapter under its model id (--lora-modules)."""
     model_id = Path(cfg.model_dir).name
     command = [executable, "serve", str(Path(cfg.model_dir) / "model"), "--served-model-name", model_id,
-               "--host", cfg.host, "--port", str(cfg.port)]
+               "--host", cfg.host, "--port", str(cfg.port), "--allowed-origins", vllm_origins(cfg)]
     if cfg.max_concurrency:  # else vLLM's own default (it batches hundreds of sequences)
         command += ["--max-num-seqs", str(cfg.max_concurrency)]
     if cfg.dtype and cfg.dtype != "auto":

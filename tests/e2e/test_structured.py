@@ -1,6 +1,5 @@
-"""response_format on the served built-in model: enforced by xgrammar on the transformers engine (a 400 naming
-the way out where xgrammar is missing); the llama.cpp engine's grammar is tested with the real model in
-tests/e2e/test_serving_llamacpp_e2e.py."""
+"""response_format on the served built-in model: enforced by llguidance (a requirement) on the transformers engine;
+the real model and the clients' own structured-output helpers are in tests/e2e/test_clients_*.py."""
 
 import json
 
@@ -24,17 +23,7 @@ def _ask(client, response_format, **extra):
                                           response_format=response_format, **extra)
 
 
-def test_without_xgrammar_the_transformers_engine_refuses_json_naming_the_way_out(client, monkeypatch):
-    from serving.engines import structured
-
-    monkeypatch.setattr(structured, "xgrammar_available", lambda: False)
-    with pytest.raises(openai.BadRequestError, match="install xgrammar .* or serve with --engine llama.cpp") as error:
-        _ask(client, {"type": "json_object"})
-    assert error.value.body["param"] == "response_format"
-
-
-def test_xgrammar_makes_the_transformers_engine_answer_json_of_the_schema(client):
-    pytest.importorskip("xgrammar", reason="xgrammar is optional (pip install xgrammar)")
+def test_the_transformers_engine_answers_json_of_the_schema_on_a_default_install(client):
     response_format = {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}
     plain = _ask(client, None).choices[0].message.content
     reply = _ask(client, response_format)
@@ -43,5 +32,14 @@ def test_xgrammar_makes_the_transformers_engine_answer_json_of_the_schema(client
     streamed = "".join(c.choices[0].delta.content or "" for c in _ask(client, response_format, stream=True)
                        if c.choices)
     assert streamed == reply.choices[0].message.content
-    with pytest.raises(openai.BadRequestError, match="cannot be enforced"):
-        _ask(client, {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    # Any object: the toy model may ramble inside a string until max_tokens, but what it wrote starts one.
+    loose = _ask(client, {"type": "json_object"}).choices[0]
+    assert loose.message.content.startswith("{")
+    assert loose.finish_reason == "length" or isinstance(json.loads(loose.message.content), dict)
+
+
+def test_a_schema_that_cannot_be_enforced_is_a_400_naming_response_format(client):
+    for schema in ({"type": "nonsense"}, {"type": "string", "pattern": "("}):
+        with pytest.raises(openai.BadRequestError, match="cannot be enforced") as error:
+            _ask(client, {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        assert error.value.body["param"] == "response_format"
