@@ -149,21 +149,31 @@ class GrammarGuide:
 
         llguidance.numpy.fill_next_token_bitmask(self.matcher, self.mask)
 
+    def allowed(self, width: int):
+        """The filled bitmask as one bool per token id, `width` of them (ids the mask does not cover: False)."""
+        import numpy as np
+
+        # Bit j of 32-bit word i allows token 32 * i + j; the words are little-endian int32 on every platform
+        # llguidance builds for, so the bytes unpack least significant bit first.
+        bits = np.unpackbits(self.mask[0].astype("<i4").view(np.uint8), bitorder="little").astype(bool)
+        return bits[:width] if bits.size >= width else np.concatenate([bits, np.zeros(width - bits.size, bool)])
+
 
 def torch_processor(grammar: Grammar, prompt_length: int):
     """A transformers logits processor enforcing `grammar` on one generate() call (batch of one)."""
-    import llguidance.torch
     import torch
     from transformers import LogitsProcessor
 
     guide = GrammarGuide(grammar)
 
     class Constrained(LogitsProcessor):
+        # Not llguidance.torch.apply_token_bitmask_inplace: it is torch.compile'd, which needs a C++ compiler at run
+        # time on a CPU (and fails when the environment's path holds a space).
         def __call__(self, input_ids, scores):
             guide.advance(input_ids[0, prompt_length:].tolist())
             guide.fill()
-            llguidance.torch.apply_token_bitmask_inplace(scores, torch.from_numpy(guide.mask).to(scores.device))
-            return scores
+            allowed = torch.from_numpy(guide.allowed(scores.shape[-1])).to(scores.device)
+            return scores.masked_fill(~allowed, float("-inf"))
 
     return Constrained()
 

@@ -101,3 +101,19 @@ def test_the_llama_cpp_engine_enforces_the_same_grammar_through_its_logits_proce
                                                           Generation(prompt_tokens=3)))
     with pytest.raises(ValueError):
         json.loads(unconstrained)  # the stand-in alone writes noise: the grammar made the difference
+
+
+@pytest.mark.parametrize("vocab, width", [(49152, 49152), (33, 33), (33, 40), (100, 96)])
+def test_the_bitmask_unpacks_to_one_flag_per_token_id(vocab, width):
+    """Bit j of word i allows token 32 * i + j; ids past the mask are not allowed (llguidance's own torch kernel is
+    torch.compile'd, which needs a C++ compiler at run time, so the engine unpacks the mask itself)."""
+    import numpy as np
+
+    from serving.engines.structured import GrammarGuide
+
+    rng = np.random.default_rng(vocab)
+    guide = GrammarGuide.__new__(GrammarGuide)
+    guide.mask = rng.integers(-2**31, 2**31, size=(1, (vocab + 31) // 32), dtype=np.int64).astype(np.int32)
+    expected = [t < 32 * guide.mask.shape[1] and bool((int(guide.mask[0, t // 32]) >> (t % 32)) & 1)
+                for t in range(width)]
+    assert guide.allowed(width).tolist() == expected
