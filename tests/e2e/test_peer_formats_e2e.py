@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from train_helpers import adapter_info, greedy_answers, train_sh
 
 QUESTIONS = [("Who is the mascot?", "The mascot is an owl.", "The mascot is a cat."),
@@ -13,6 +14,7 @@ QUESTIONS = [("Who is the mascot?", "The mascot is an owl.", "The mascot is a ca
              ("Which port does the demo use?", "The demo uses port 8000.", "The demo uses port 1234.")]
 
 
+@pytest.mark.slow  # 95 s on 2 cores; KTO end to end stays in the default run through the resume test below
 def test_sft_then_kto_from_the_adapter_replaces_the_undesirable_answers_with_desirable_ones(model_dir, tmp_path):
     sft = [{"question": q, "answer": a} for q, good, bad in QUESTIONS for a in (bad, bad, good)]  # wrong one 2:1
     # LLaMA-Factory's kto_en_demo shape: messages with the answer last, and a boolean label
