@@ -77,3 +77,12 @@ def random_adapter(model_dir, target):
                 parameter.normal_(0, 0.1)
     model.save_pretrained(target)
     return target
+
+
+def losses_across_resume(model_dir, info) -> tuple[dict, int]:
+    """({step: training loss} of the last checkpoint's history, the step the run resumed from)."""
+    from training.outputs import numbered_checkpoints
+
+    history = json.loads((numbered_checkpoints(model_dir / "checkpoints")[-1] / "trainer_state.json").read_text())
+    losses = {h["step"]: h["train_loss"] for h in history["loop"]["history"] if "lr" in h}
+    return losses, int(info["resumed_from"].split("-")[-1])

@@ -51,9 +51,8 @@ def test_sft_then_kto_from_the_adapter_replaces_the_undesirable_answers_with_des
 def test_a_kto_run_resumes_against_the_adapter_it_started_from(model_dir, tmp_path):
     import signal
 
-    from train_helpers import interrupt_after, random_adapter
+    from train_helpers import interrupt_after, losses_across_resume, random_adapter
 
-    from training.outputs import numbered_checkpoints
 
     labelled = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}],
                  "label": a == good} for q, good, bad in QUESTIONS for a in (good, bad)]  # TRL's unpaired shape
@@ -69,9 +68,7 @@ def test_a_kto_run_resumes_against_the_adapter_it_started_from(model_dir, tmp_pa
     assert "KTO reference: the starting adapter (checkpoints/reference)" in resumed.stdout
     info = adapter_info(model_dir)
     assert info["resumed_from"] and info["kto"]["reference"] == "the starting adapter (checkpoints/reference)"
-    history = json.loads((numbered_checkpoints(model_dir / "checkpoints")[-1] / "trainer_state.json").read_text())
-    losses = {h["step"]: h["train_loss"] for h in history["loop"]["history"] if "lr" in h}
-    resumed_at = int(info["resumed_from"].split("-")[-1])
+    losses, resumed_at = losses_across_resume(model_dir, info)
     # full-batch steps lower the loss across the resume: a reference recomputed from the current weights would
     # restart it at 0.5, one from the base (far from the random starting adapter) would make it jump
     assert all(losses[step + 1] < losses[step] for step in range(1, resumed_at + 1)), (losses, resumed_at)

@@ -7,7 +7,7 @@ import json
 import signal
 
 import pytest
-from train_helpers import adapter_info, greedy_answers, interrupt_after, random_adapter, train_sh
+from train_helpers import adapter_info, greedy_answers, interrupt_after, losses_across_resume, random_adapter, train_sh
 
 # --- end to end: SFT on the wrong answers, then DPO from that adapter ---------------------------------
 QUESTIONS = [("Who is the mascot?", "The mascot is an owl.", "The mascot is a cat."),
@@ -54,7 +54,6 @@ def test_sft_then_dpo_from_the_adapter_switches_greedy_answers_to_the_chosen_one
 
 
 def test_a_dpo_run_resumes_against_the_adapter_it_started_from(model_dir, tmp_path):
-    from training.outputs import numbered_checkpoints
 
     _, dpo_data = _sft_then_dpo_data(tmp_path)
     random_adapter(model_dir, model_dir / "lora")
@@ -69,11 +68,7 @@ def test_a_dpo_run_resumes_against_the_adapter_it_started_from(model_dir, tmp_pa
     assert "DPO reference: the starting adapter (checkpoints/reference)" in resumed.stdout
     info = adapter_info(model_dir)
     assert info["resumed_from"] and info["preference"]["reference"] == "the starting adapter (checkpoints/reference)"
-    history = json.loads((numbered_checkpoints(model_dir / "checkpoints")[-1] / "trainer_state.json").read_text())
-    losses = {h["step"]: h["train_loss"] for h in history["loop"]["history"] if "lr" in h}
-    resumed_at = int(info["resumed_from"].split("-")[-1])
-    # the loss goes on from where it was: not back to ln 2 (reference = current weights), nor elsewhere
-    # (reference = the base, far from the random starting adapter)
+    losses, resumed_at = losses_across_resume(model_dir, info)
     # full-batch steps lower the loss step after step, across the resume too: had the reference become the
     # current weights it would start again at ln 2, had it become the base (far from the random starting
     # adapter; beta 2 magnifies the difference) it would jump
