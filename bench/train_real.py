@@ -13,7 +13,9 @@ Every contender trains one epoch, LoRA r=16 (alpha 32) on every linear layer, lr
 - bench/baselines/trl_sft.py: TRL SFTTrainer with BFD packing, batch 4.
 Reported: wall time of the whole command, optimizer steps, and held-out loss (mean over answer tokens of the
 held-out examples, one evaluator for all), plus each time as a ratio to the Trainer baseline measured in the
-same run.
+same run; and the training phase's achieved FLOP/s (model FLOPs as bench/gpu/model.py counts them: forward and
+input-gradient backward of the frozen weights, the LoRA terms, causal attention) against this machine's own
+fp32 matrix-product peak, measured at the start of the same run with torch's default threads.
 
     .venv/bin/python bench/train_real.py [--train 120] [--held-out 40] [--only train.sh,trainer]
 """
@@ -75,6 +77,29 @@ def run_command(command: list[str], cwd: Path | None = None) -> tuple[float, str
     return seconds, result.stdout
 
 
+def gemm_peak(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` fp32 size^3 matrix products (after a warm-up), torch's default threads."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def training_flops(model_dir: Path, lengths: list[int], rank: int) -> int:
+    """Model FLOPs of one training pass over examples of these token counts (bench/gpu/model.py's count)."""
+    from gpu.model import lora_parameters, step_flops
+
+    shape = json.loads((model_dir / "config.json").read_text())
+    shape.setdefault("tie_word_embeddings", False)
+    return step_flops(lengths, shape, lora_parameters(shape, rank))
+
+
 def held_out_loss(model_dir: Path, adapter: Path, records: list[dict]) -> float:
     """Mean cross-entropy over the answer tokens of `records` (plain transformers + PEFT, one evaluator for all)."""
     import torch
@@ -108,6 +133,8 @@ def main() -> None:
 
     from real_model import smollm2_model_dir
 
+    peak = gemm_peak()
+    print(f"fp32 matrix-product peak of this machine: {peak / 1e9:.1f} GFLOP/s", flush=True)
 
     source = smollm2_model_dir()
     records = instruction_set(args.train + args.held_out, seed=0)
@@ -121,7 +148,8 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(source)
         lengths = sorted(len(tokenizer.apply_chat_template(
             [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}],
-            return_dict=True)["input_ids"]) for r in train)
+            return_dict=True)["input_ids"][:2048]) for r in train)
+        flops_all = training_flops(source, lengths, rank=16)
         print(f"{len(train)} training / {len(held)} held-out examples; tokens per example: median "
               f"{lengths[len(lengths) // 2]}, p90 {lengths[int(0.9 * len(lengths))]}, max {lengths[-1]}", flush=True)
         env_models = work / "models"
@@ -143,10 +171,14 @@ def main() -> None:
         for name in args.only.split(","):
             command, adapter = contenders[name]
             seconds, output = run_command(command)
-            steps = _steps(name, output, adapter)
+            steps, train_seconds, share = _training_phase(name, output, adapter, sum(lengths))
             loss = held_out_loss(source, adapter, held)
             results[name] = (seconds, steps, loss)
-            print(f"{name:18s} {seconds:7.1f} s  {steps:4d} optimizer steps  held-out loss {loss:.4f}", flush=True)
+            achieved = flops_all * share / train_seconds if train_seconds else None
+            phase = (f"  training phase {train_seconds:.1f} s, {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of "
+                     f"the fp32 peak" if achieved else "")
+            print(f"{name:18s} {seconds:7.1f} s  {steps:4d} optimizer steps  held-out loss {loss:.4f}{phase}",
+                  flush=True)
         if "trainer" in results:
             base = results["trainer"][0]
             for name, (seconds, _, loss) in results.items():
@@ -154,11 +186,16 @@ def main() -> None:
                       f"(Trainer {results['trainer'][2]:.4f})")
 
 
-def _steps(name: str, output: str, adapter: Path) -> int:
+def _training_phase(name: str, output: str, adapter: Path, tokens_all: int) -> tuple[int, float | None, float]:
+    """(optimizer steps, seconds spent in training steps, share of the training set's tokens trained on)."""
     if name.startswith("train.sh"):
-        return json.loads((adapter / "adapter_info.json").read_text())["metrics"]["steps"]
-    match = re.findall(r'\{"steps": (\d+)\}', output)
-    return int(match[-1]) if match else -1
+        metrics = json.loads((adapter / "adapter_info.json").read_text())["metrics"]
+        return metrics["steps"], metrics.get("train_seconds"), metrics["tokens"] / tokens_all
+    match = re.findall(r'^\{"steps".*\}$', output, flags=re.MULTILINE)
+    if not match:
+        return -1, None, 1.0
+    record = json.loads(match[-1])
+    return record["steps"], record.get("train_seconds"), 1.0
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class ModelHandler:
     target_modules: tuple[str, ...]
     description: str = ""
     architectures: tuple[str, ...] = ()
-    training_precision: str = "float16"
+    training_precision: str = "bfloat16"  # float16 where the GPU lacks bf16 (training.modeling)
     max_sequence_length: int = 4096
     gradient_checkpointing: bool = True
     flash_attention: bool = True

@@ -1,6 +1,8 @@
 """Fallback for unknown architectures: LoRA targets are the model's own linear layers,
 discovered when the model is loaded (see `discover_linear_targets`)."""
 
+import sys
+
 from handlers.base import ModelHandler
 from handlers.registry import GENERIC_NAME, register
 
@@ -30,12 +32,10 @@ def discover_linear_targets(model) -> list[str]:
         linear_types.append(Conv1D)
     except ImportError:  # pragma: no cover - very old transformers
         pass
-    try:
-        import bitsandbytes as bnb
-
+    # A quantized model has loaded bitsandbytes already; importing it only to look costs a second on the CPU.
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
         linear_types += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
-    except Exception:  # bitsandbytes is optional and fails to import without its native library
-        pass
     names = set()
     for full_name, module in model.named_modules():
         if isinstance(module, tuple(linear_types)):

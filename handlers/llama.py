@@ -11,7 +11,7 @@ LLAMA = register(
         description="TinyLlama, Llama 2, Llama 3 and 3.x",
         model_types=("llama",),
         target_modules=ATTENTION,
-        training_precision="float16",
+        training_precision="bfloat16",
         max_sequence_length=8192,
     )
 )

@@ -383,11 +383,14 @@ def export(target: str, fmt: str, out: Path | None, outtype: str | None, adapter
 @click.option("--device", type=click.Choice(DEVICES), help="Where to run (default: the model's default device).")
 @click.option("--dataset-format", type=click.Choice(DATASET_FORMATS), help="Force a dataset format instead of "
                                                                           "detecting it.")
+@click.option("--no-general", is_flag=True, help="Skip the general reference (base and tuned on the base model's own "
+                                                 "answers to general prompts: what tuning cost outside your data).")
 @MODELS_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (progress goes to stderr).")
 def evaluate(target: str, models_dir: Path | None, as_json: bool, **options) -> None:
     """Compare the base model and the tuned one on held-out data: loss and perplexity on the answer tokens,
-    exact match, ROUGE-L and BLEU of greedy answers, answers per second.
+    exact match, ROUGE-L and BLEU of greedy answers, answers per second; and on the general reference (the base
+    model's own answers to general prompts), so what tuning cost outside your data shows beside what it gained.
 
     TARGET is an installed model's name or directory. See docs/training.md.
 

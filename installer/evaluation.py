@@ -1,4 +1,5 @@
-"""`llm-installer eval`: an installed model with and without its adapter on held-out data, side by side.
+"""`llm-installer eval`: an installed model with and without its adapter on held-out data, side by side, and on
+the general reference (what the tuning cost outside that data; training/forgetting/).
 
 This module finds the model, the adapter and the data and loads them; the metrics are training/evaluate.py's
 (train.sh runs the same comparison on its validation set at the end of a run).
@@ -18,9 +19,11 @@ from core.errors import UserError
 from core.model_dir import ModelDir
 from handlers import handler_for_config
 from handlers.chat_templates import bound_rendering, ensure_chat_template
-from training.data.formats import examples_from_source, refuse_images
+from training.data.formats import examples_from_source, refuse_images, task_type
 from training.data.sources import DataError, load_sources
 from training.evaluate import compare, prepare
+from training.forgetting.compare import general_comparison
+from training.forgetting.setup import rendering_for
 from training.modeling import choose_placement, load_base_model, load_tokenizer
 from training.planning import choose_max_length
 
@@ -44,6 +47,7 @@ class EvalOptions:
     batch_size: int | None = None
     device: str | None = None
     dataset_format: str | None = None
+    no_general: bool = False
 
 
 def evaluate_installed(model_dir: Path, options: EvalOptions, echo: Callable[[str], None] = print) -> dict:
@@ -70,6 +74,10 @@ def evaluate_installed(model_dir: Path, options: EvalOptions, echo: Callable[[st
 
     result = compare(loaded, tokenizer, data, base=not options.no_base, tuned=adapter is not None,
                      max_new_tokens=options.max_new_tokens, batch_size=options.batch_size, device=device)
+    if adapter is not None and not options.no_general and not handler.multimodal:  # as train.sh: text models
+        echo("Comparing them on the general reference (the base model's own answers to general prompts) ...")
+        result["general"] = general_comparison(loaded, tokenizer, model.weights, model.root, device,
+                                               rendering_for(task_type(examples)))
     result["setup"].update(data=options.data, adapter=str(adapter.path) if adapter else None,
                            seconds=round(time.monotonic() - started, 2))
     return result

@@ -93,7 +93,8 @@ class TrainConfig:
                                       "(default: handler limit, model limit and data).", None)
     lora_r: int | None = _opt("LoRA rank (default: from model size via the handler).", None)
     lora_alpha: int | None = _opt("LoRA alpha (default: 2 x rank).", None)
-    lora_dropout: float = _opt("LoRA dropout.", 0.05)
+    lora_dropout: float = _opt("LoRA dropout (default 0: dropout made the benchmark's real-model run slower "
+                               "for no better held-out loss; docs/training.md).", 0.0)
     target_modules: str | None = _opt("Comma-separated module names to adapt, or 'all-linear' "
                                       "(default: the handler's).", None)
     method: str = _opt("lora; qlora (4-bit nf4 base weights); dpo (preference pairs, DPO loss, the base with the "
@@ -127,6 +128,15 @@ class TrainConfig:
                                 "instructions, 5 for text).", None)
     overfitting_threshold: float | None = _opt("Allowed validation-over-training loss gap, as a fraction "
                                                "(default: 0.10 QA/instructions, 0.20 text).", None)
+    max_forgetting: float | None = _opt("Stop when the loss on the general reference (the base model's own answers "
+                                        "to general prompts, measured at every evaluation) rises more than this "
+                                        "fraction over the base, and keep the best adapter within it (default: 1.5, "
+                                        "i.e. +150%; 0 measures without stopping).", None)
+    replay: float = _opt("Share of every epoch's training examples taken from general replay examples (the base "
+                         "model's own answers to general prompts), to keep the model general: e.g. 0.2 (SFT runs).",
+                         0.0)
+    no_general_reference: bool = _opt("Neither build nor watch the general reference: no forgetting signal, no "
+                                      "forgetting stop, no --replay.", False)
     resume: bool = _opt("Continue from the latest checkpoint in checkpoints/.", False)
     resume_from: Path | None = _opt("Continue from this checkpoint directory.", None)
     device: str = _opt("cpu, cuda, mps or auto.", "auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -174,6 +184,12 @@ class TrainConfig:
             (self.patience is not None and self.patience < 1, "--patience must be at least 1."),
             (self.overfitting_threshold is not None and self.overfitting_threshold <= 0,
              "--overfitting-threshold must be positive."),
+            (self.max_forgetting is not None and not self.max_forgetting >= 0,
+             "--max-forgetting must be a fraction of at least 0 (0.5 = 50%; 0 measures without stopping)."),
+            (not 0 <= self.replay < 1, "--replay must be at least 0 and below 1 (0.2 = a fifth of every epoch)."),
+            (self.replay > 0 and self.no_general_reference,
+             "--replay trains on the general reference's replay examples, which --no-general-reference turns off; "
+             "drop one of them."),
             (self.method == "qlora" and self.use_8bit, "--method qlora and --use-8bit exclude each other."),
             (self.resume and self.resume_from is not None, "Give --resume or --resume-from, not both."),
             (self.dpo_beta <= 0, "--dpo-beta must be positive (default 0.1)."),

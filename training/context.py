@@ -1,7 +1,8 @@
 """One training run as one value: what the run was asked, the model it trains, its data and its plan.
 
-training/run.py fills it in as the run goes (data, then plan, LoRA shape and stop rules) and hands it to
-whatever needs the run as a whole (adapter_info.json, the report), instead of tuples and long argument lists.
+training/run.py fills it in as the run goes (data, then plan, LoRA shape, stop rules and the general reference's
+watch) and hands it to whatever needs the run as a whole (adapter_info.json, the report), instead of tuples and
+long argument lists.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RunContext:
     plan: Plan | None = None
     lora: LoraShape | None = None
     rules: StopRules | None = None
+    general: Any = None  # training.forgetting.watch.GeneralWatch: the general reference the run watches, or None
 
     @classmethod
     def open(cls, cfg: TrainConfig, model_path: Path, output: Path, workdir: Path, started: float) -> RunContext:

@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from training.autostop import rules_for
 from training.config import TrainConfig
 from training.context import RunContext, RunData
-from training.data.mixing import split_sources
+from training.data.mixing import replay_count, split_sources
 from training.data.tokenize import shown
+from training.forgetting.reference import MAX_NEW_TOKENS, load_prompts
+from training.forgetting.setup import off_reason
 from training.launch import resolve_processes
 from training.modeling import choose_placement
 from training.planning import choose_max_length, plan_batches
@@ -33,7 +36,9 @@ def dry_run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> 
     evals_per_epoch = 1 if cfg.circular else cfg.preset.evals_per_epoch
     split, _shares = split_sources(data.tokenized, data.examples, data.sources, cfg.validation_split, cfg.seed,
                                    evals_per_epoch)
-    report = _dry_run_report(cfg, data, _dry_run_plan(ctx, split), split)
+    plan = _dry_run_plan(ctx, split)
+    report = _dry_run_report(cfg, data, plan, split)
+    report["general_reference"] = _dry_run_general(ctx, split, plan["processes"])
     if cfg.json:
         print(json.dumps(report, ensure_ascii=False), flush=True)
         return 0
@@ -60,7 +65,22 @@ def _dry_run_plan(ctx: RunContext, split) -> dict:
     return {"device": placement.device, "max_seq_length": max_length, "examples_per_step": batches.examples_per_step,
             "steps_per_epoch": math.ceil(len(split.train) / batches.examples_per_step),
             "epochs": None if math.isinf(epochs) else epochs, "train_examples": len(split.train),
-            "validation_examples": len(split.val)}
+            "validation_examples": len(split.val), "processes": processes}
+
+
+def _dry_run_general(ctx: RunContext, split, processes: int) -> dict:
+    """What the run would do with the general reference: watched or why not, the prompts, the forgetting rule
+    and --replay's examples per epoch (their answers come from the base model when the run starts)."""
+    cfg = ctx.cfg
+    reason = off_reason(cfg, ctx.data.objective.name, ctx.multimodal, processes)
+    if reason:
+        return {"watched": False, "reason": reason}
+    prompts = load_prompts()
+    limit = rules_for(ctx.data.task, max_forgetting=cfg.max_forgetting).max_forgetting
+    stops = limit > 0 and not cfg.force_epochs and cfg.mode != "non-stop"
+    return {"watched": True, "prompts": len(prompts["watch"]), "max_new_tokens": MAX_NEW_TOKENS,
+            "max_forgetting": limit, "stops": stops,
+            "replay_per_epoch": replay_count(len(split.train), cfg.replay) if cfg.replay else 0}
 
 
 def _shown_example(tokenizer, example, item) -> dict:
@@ -113,6 +133,16 @@ def _dry_run_text(report: dict) -> str:
     lines.append(f"Method: {report['method']}; {plan['train_examples']} training and {plan['validation_examples']} "
                  f"validation examples; {plan['examples_per_step']} examples per step, {plan['steps_per_epoch']} "
                  f"steps per epoch, {epochs}; sequence length {plan['max_seq_length']} on {plan['device']}.")
+    general = report.get("general_reference") or {}
+    if general.get("watched"):
+        rule = f"stop past +{general['max_forgetting']:.0%} (--max-forgetting)" if general["stops"] else \
+            "measured, never stops"
+        replay = f"; --replay: {general['replay_per_epoch']} general examples per epoch" if \
+            general["replay_per_epoch"] else ""
+        lines.append(f"General reference: the base model's own answers to {general['prompts']} general prompts (made "
+                     f"at the run's start, cached in the model directory), watched at every evaluation; {rule}{replay}.")
+    elif general:
+        lines.append(f"General reference: off ({general['reason']}).")
     shown_examples = report["examples"][:DRY_RUN_SHOWN]
     for entry in shown_examples:
         label = f", {entry['label']}" if "label" in entry else ""

@@ -140,15 +140,28 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
                    device) -> list[str]:
     """Greedy answers to token-id prompts, generated `batch_size` at a time (left padded, similar lengths
     together); each ends at the first stop token."""
+    stops = set(stop_ids(model, tokenizer))
+    return [_decode(tokenizer, [token for token in ids if token not in stops])
+            for ids in greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size, device)]
+
+
+def greedy_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+               device, logprobs: list | None = None) -> list[list[int]]:
+    """The greedy answers' token ids, each up to and including its first stop token (or `max_new_tokens` ids
+    when none came), generated `batch_size` prompts at a time (left padded, similar lengths together). Given a
+    list `logprobs`, it receives each answer's token log-probabilities under the model (from the logits the
+    generation computed anyway: the answers' loss without another forward pass), in the answers' order."""
     import torch
     from transformers import GenerationConfig
 
     stops = stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad_id,
-                              use_cache=True)
+                              use_cache=True, output_logits=logprobs is not None,
+                              return_dict_in_generate=logprobs is not None)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
+    answers: list[list[int]] = [[] for _ in prompts]
+    scores: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         width = max(len(prompts[i]) for i in chosen)
@@ -160,10 +173,19 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
             mask[row, width - len(prompt):] = 1
         with torch.no_grad():
             output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        sequences = output.sequences if logprobs is not None else output
+        if logprobs is not None:  # (rows, steps): each generated token's log-probability
+            logits = torch.stack(output.logits, dim=1).float()
+            chosen_logprobs = torch.log_softmax(logits, dim=-1).gather(
+                -1, sequences[:, width:width + logits.shape[1], None]).squeeze(-1).tolist()
         for row, index in enumerate(chosen):
-            new = output[row, width:].tolist()
-            end = next((n for n, token in enumerate(new) if token in stops), len(new))
-            answers[index] = _decode(tokenizer, new[:end])
+            new = sequences[row, width:].tolist()
+            end = next((n + 1 for n, token in enumerate(new) if token in stops), len(new))
+            answers[index] = new[:end]
+            if logprobs is not None:
+                scores[index] = chosen_logprobs[row][:end]
+    if logprobs is not None:
+        logprobs += scores
     return answers
 
 

@@ -1,6 +1,7 @@
 """The training loop on accelerate: optimizer steps over the plan's steps, token-weighted losses,
-evaluations (or training-loss checks when there is no validation data), auto-stop, checkpoints,
-adaptive changes, and a clean stop on Ctrl+C/SIGTERM agreed by every process.
+evaluations (or training-loss checks when there is no validation data) with the general reference's loss
+beside them when the run watches forgetting, auto-stop, checkpoints, adaptive changes, and a clean stop on
+Ctrl+C/SIGTERM agreed by every process.
 
 The loop knows nothing about formats or files: it gets tokenized examples, a plan and an objective
 (batching.SFTObjective by default: token-weighted cross-entropy; preference.PreferenceObjective: DPO,
@@ -39,6 +40,7 @@ class LoopState:
     step_in_epoch: int = 0
     evals: int = 0
     elapsed: float = 0.0
+    train_seconds: float = 0.0  # inside optimizer steps only (no evaluations, checkpoints or logging)
     examples_per_step: int = 1
     evals_per_epoch: int = 1
     lr_scale: float = 1.0
@@ -75,7 +77,10 @@ def make_optimizer(name: str, parameters, lr: float):
     import torch
 
     if name == "adamw_torch":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+        parameters = list(parameters)
+        # the fused kernel updates every tensor in one pass (4x faster than the loop over ~400 LoRA tensors on a CPU)
+        fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0, fused=fused)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -94,11 +99,12 @@ class Trainer:
     """Runs one training session: optimizer steps over the plan, evaluations, checkpoints."""
 
     def __init__(self, model, plan, train_set: list, val_set: list | None, monitor, pad_id: int, seed: int,
-                 accelerator, status=None, use_liger: bool = False, objective=None):
+                 accelerator, status=None, use_liger: bool = False, objective=None, general=None):
         self.model, self.plan, self.monitor, self.accelerator = model, plan, monitor, accelerator
+        self.general = general  # training.forgetting.watch.GeneralWatch: the general reference, or None
         self.train_set, self.val_set, self.pad_id, self.seed = train_set, val_set or [], pad_id, seed
         self.writer, self.status = None, status or (lambda _line: None)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        trainable = self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.objective = objective or SFTObjective()
         loss_module = self.objective.loss_module(model, use_liger)
         self.loss_model, self.optimizer = accelerator.prepare(loss_module, make_optimizer(plan.optimizer, trainable,
@@ -149,7 +155,7 @@ class Trainer:
                 if stats:
                     self._local_stats += stats[0].detach().float() * weight
                 if acc.sync_gradients:
-                    acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+                    acc.clip_grad_norm_(self.trainable, 1.0)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
         return local
@@ -216,7 +222,9 @@ class Trainer:
             points = evaluation_points(limit, self.state.evals_per_epoch)
             for index in range(self.state.step_in_epoch, limit):
                 lr = self._set_lr()
+                step_started = time.perf_counter()
                 step_loss, stopping = self._agree(self.train_step(steps[index]), stop.requested is not None)
+                self.state.train_seconds += time.perf_counter() - step_started
                 tokens = self.objective.weight(steps[index], self.train_set)
                 self.state.step += 1
                 self.state.step_in_epoch = index + 1
@@ -271,13 +279,21 @@ class Trainer:
     def _evaluation(self, train_loss: float, train_metrics: dict[str, float] | None = None) -> None:
         """An evaluation on the validation set, or a check of the running training loss when there is none."""
         val_loss = self.evaluate()
+        measure = self.general is not None and self.general.due(self, final=self.finished())
+        general_loss = self.general.loss(self) if measure else None
         self.state.evals += 1
-        is_best, reason = self.monitor.update(self.state.step, train_loss, val_loss)
+        is_best, reason = self.monitor.update(self.state.step, train_loss, val_loss, general_loss)
         entry = {"step": self.state.step, "train_loss": train_loss, "epoch": self.state.epoch + 1,
                  **{f"window_{k}": v for k, v in (train_metrics or {}).items()}}
         if val_loss is not None:
             entry["val_loss"] = val_loss
             entry.update({f"val_{k}": v for k, v in self.eval_metrics.items()})
+        if general_loss is not None:
+            entry.update(general_loss=general_loss, forgetting=self.monitor.forgetting(general_loss))
+            if self.writer:
+                self.writer.add_scalar("eval/general_loss", general_loss, self.state.step)
+                if entry["forgetting"] is not None:
+                    self.writer.add_scalar("eval/forgetting", entry["forgetting"], self.state.step)
         self.state.history.append(entry)
         if self.writer and val_loss is not None:
             self.writer.add_scalar("eval/loss", val_loss, self.state.step)
@@ -305,6 +321,9 @@ class Trainer:
             parts.append(f"Perplexity: {math.exp(min(train_loss if val_loss is None else val_loss, 50)):.1f}")
         if "reward_accuracy" in metrics:
             parts += [f"Reward Acc: {metrics['reward_accuracy']:.0%}", f"Margin: {metrics['reward_margin']:.3f}"]
+        forgetting = self.state.history[-1].get("forgetting") if self.state.history else None
+        if forgetting is not None:
+            parts.append(f"General: {forgetting:+.1%}")
         parts += [f"Best {'Val' if val_loss is not None else 'Train'}: {self.monitor.best_val:.4f}",
                   f"Patience: {self.monitor.bad_evals}/{self.monitor.rules.patience}"]
         return " | ".join(parts)
@@ -333,8 +352,13 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
-        return {"loop": self.state.__dict__, "monitor": self.monitor.state(),
-                "data_fingerprint": self.plan.data_fingerprint}
+        """What trainer_state.json holds: the loop, the monitor, the data's fingerprint and the general reference
+        (so a resumed run compares with the same reference and zero point)."""
+        state = {"loop": self.state.__dict__, "monitor": self.monitor.state(),
+                 "data_fingerprint": self.plan.data_fingerprint}
+        if self.general is not None:
+            state["general_reference"] = self.general.reference.as_dict()
+        return state
 
     def save_checkpoint(self, is_best: bool) -> None:
         """checkpoint-<step> (complete or absent), best/ when it is the best so far, older ones pruned."""

@@ -103,8 +103,9 @@ def publish_adapter(source: Path, output: Path, info: dict, texts: dict[str, str
         raise
 
 
-def plot_history(history: list[dict], path: Path) -> None:
-    """training_history.png: train and validation loss, and the learning rate, by step."""
+def plot_history(history: list[dict], path: Path, forgetting_limit: float | None = None) -> None:
+    """training_history.png: train and validation loss, the general reference's loss (with the loss at which the
+    forgetting rule stops, `forgetting_limit`, when it is on) and the learning rate, by step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,6 +118,12 @@ def plot_history(history: list[dict], path: Path) -> None:
         loss_ax.plot([h["step"] for h in steps], [h["train_loss"] for h in steps], label="train loss", alpha=0.6)
     if evals:
         loss_ax.plot([h["step"] for h in evals], [h["val_loss"] for h in evals], "o-", label="validation loss")
+    general = [h for h in history if h.get("general_loss") is not None]
+    if general:
+        loss_ax.plot([h["step"] for h in general], [h["general_loss"] for h in general], "s-", color="tab:purple",
+                     label="general reference loss")
+        if forgetting_limit is not None:
+            loss_ax.axhline(forgetting_limit, color="tab:purple", linestyle=":", label="forgetting limit")
     loss_ax.set_ylabel("loss")
     loss_ax.legend()
     loss_ax.grid(alpha=0.3)

@@ -1,12 +1,12 @@
-"""The end-of-run report: why training stopped, loss before and after, and a sample answer
-from the base model and the tuned one."""
+"""The end-of-run report: why training stopped, loss before and after, the general reference (what tuning cost
+outside the user's data), and a sample answer from the base model and the tuned one."""
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
-from training.eval_report import format_run_evaluation
+from training.eval_report import format_run_evaluation, trade_line
 
 SAMPLE_TOKENS = 48
 
@@ -72,6 +72,7 @@ def final_report(info: dict, samples: dict | None, model_dir: Path | None = None
     processes = info.get("distributed", {}).get("processes", 1)
     lines.append(f"Steps:            {metrics['steps']} optimizer steps ({metrics['evaluations']} evaluations, "
                  f"{info['timings']['seconds']:.1f}s{f', {processes} processes' if processes > 1 else ''})")
+    lines += general_lines(info)
     for change in info.get("adaptive_changes", []):
         lines.append(f"Adaptive change:  {change}")
     if samples:
@@ -111,3 +112,52 @@ def _preference_lines(preference: dict) -> list[str]:
                      f"(chosen {entry['reward_chosen']:+.3f}, rejected {entry['reward_rejected']:+.3f}) on "
                      f"{preference['measured_on']}, step {entry['step']}")
     return lines
+
+
+def general_lines(info: dict) -> list[str]:
+    """The report's lines on the general reference: the kept adapter's general loss against the base's, the rule,
+    the cost, and the trade between the user's data and the general reference in one line."""
+    section = info.get("forgetting")
+    if not section:
+        return []
+    if not section["watched"]:
+        return [f"General:          not watched ({section['reason']})"]
+    kept, cost = section.get("kept"), section["cost"]
+    rule = f"stop at +{section['max_forgetting']:.0%} (--max-forgetting)" if section["stops"] else "no stop"
+    per = f"{cost['seconds_per_evaluation']:.1f}s per evaluation, " if cost["seconds_per_evaluation"] else ""
+    lines = [f"General:          {section['reference']['prompts']} general prompts, the base model's own answers; "
+             f"{rule}; {per}{cost['share_of_run']:.1%} of the run"]
+    last = section["evaluations"][-1] if section["evaluations"] else None
+    if kept is None and last is not None:  # the stop off: the kept evaluation was not one of the measured ones
+        lines.append(f"                  loss {section['zero_loss']:.4f} ({section['zero_point']}) -> "
+                     f"{last['general_loss']:.4f} at step {last['step']} ({last['forgetting']:+.1%}); the kept "
+                     "adapter's evaluation was not measured")
+    if kept is not None:
+        lines.append(f"                  loss {section['zero_loss']:.4f} ({section['zero_point']}) -> "
+                     f"{kept['general_loss']:.4f} kept ({kept['forgetting']:+.1%})")
+        if "general" not in (info.get("evaluation") or {}):  # else the evaluation's table ends with it
+            trade = trade_line(_domain(info), (section["base_loss"], kept["general_loss"]), _measure(info))
+            lines.append(f"Trade:            {trade}")
+    return lines
+
+
+def _domain(info: dict) -> tuple[float, float] | None:
+    """The user's data before and after: the evaluation's perplexity, else the validation's, else the training
+    loss (first step, kept)."""
+    evaluation, metrics = info.get("evaluation") or {}, info["metrics"]
+    if "base" in evaluation and "tuned" in evaluation:
+        return evaluation["base"]["perplexity"], evaluation["tuned"]["perplexity"]
+    if info.get("preference") or info.get("kto"):  # their losses are no perplexity, nor an SFT loss
+        return None
+    if metrics.get("baseline_perplexity") is not None and metrics.get("best_perplexity") is not None:
+        return metrics["baseline_perplexity"], metrics["best_perplexity"]
+    if metrics.get("first_train_loss") is not None and metrics.get("best_train_loss") is not None:
+        return metrics["first_train_loss"], metrics["best_train_loss"]
+    return None
+
+
+def _measure(info: dict) -> str:
+    evaluation, metrics = info.get("evaluation") or {}, info["metrics"]
+    if ("base" in evaluation and "tuned" in evaluation) or metrics.get("best_perplexity") is not None:
+        return "perplexity"
+    return "training loss"

@@ -31,10 +31,10 @@ class LoraShape:
     targets: list[str]
 
 
-def data_fingerprint(sources) -> str:
-    """A short hash of the data files' contents (name and size for Hub datasets) and their weights."""
+def data_fingerprint(sources, replay: float = 0.0) -> str:
+    """A short hash of the data files' contents (name and size for Hub datasets), their weights and --replay."""
     parts = sorted((s.sha256 or f"{s.origin}:{len(s.records)}") + (f"@{s.weight!r}" if s.weight != 1 else "")
-                   for s in sources)
+                   for s in sources) + ([f"replay@{replay!r}"] if replay else [])
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

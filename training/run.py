@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from handlers.base import is_small_model
-from training import tensorboard_server, vision
+from training import tensorboard_server, threads, vision
 from training.autostop import Monitor, rules_for
 from training.config import TrainConfig
 from training.context import RunContext
@@ -21,6 +21,8 @@ from training.data.preference import chosen_example
 from training.data.sources import DataError
 from training.dry_run import dry_run
 from training.evaluate import evaluate_run
+from training.forgetting.report import kept_description, with_general
+from training.forgetting.setup import check_replay, mix_replay, open_reference, start_watch
 from training.guards import RunLock, check_disk, disk_full_error, is_disk_full
 from training.launch import Topology, device_name, is_main_process, make_accelerator, resolve_processes
 from training.loop import StopSignal, Trainer
@@ -58,6 +60,7 @@ def run(cfg: TrainConfig) -> int:
 
 def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int:
     ctx = RunContext.open(cfg, model_path, output, workdir, time.monotonic())
+    threads.SAMPLE.start()  # the machine's load while the model loads: how many cores are free for the run
     info, model_config, handler = ctx.info, ctx.model_config, ctx.handler
     data = ctx.data = prepare_data(ctx)
     sources, examples, tokenizer, tokenized = data.sources, data.examples, data.tokenizer, data.tokenized
@@ -65,8 +68,7 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     evals_per_epoch = 1 if circular else cfg.preset.evals_per_epoch
     split, shares = split_sources(tokenized, examples, sources, cfg.validation_split, cfg.seed, evals_per_epoch)
     log.info("Split: %s.", split.note)
-    for line in share_lines(shares) if is_mix(shares) else []:
-        log.info("%s", line)
+    check_replay(cfg, data.objective.name, ctx.multimodal)
     if len(examples) < SMALL_DATASET and not circular and cfg.mode != "non-stop":
         log.info("Hint: %d examples is a small dataset; --circular trains it for many more passes and stops on "
                  "perfect loss.", len(examples))
@@ -77,19 +79,25 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     placement = choose_placement(cfg.device if cfg.device != "auto" else info.get("defaults", {}).get("device",
                                                                                                        "auto"), handler)
     processes = resolve_processes(cfg.num_processes, placement.device)
+    if placement.device == "cpu" and processes == 1:
+        threads.apply_cpu_threads(model_config.get("hidden_size") or model_config.get("n_embd"))
     from accelerate import PartialState
 
     device = PartialState(cpu=placement.device == "cpu").device
     quantized = cfg.method == "qlora" or cfg.use_8bit
     checkpointing = cfg.gradient_checkpointing == "on" or (
         cfg.gradient_checkpointing == "auto" and quantized and handler.gradient_checkpointing)
-    row_length = min(max(len(t.input_ids) for t in tokenized), choose_max_length(
-        cfg.max_seq_length, handler.max_sequence_length, model_config))
+    max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)  # the LoRA initialisation is the same in every process and every run with this seed
     model = load_base_model(model_path, placement, handler, cfg.method, cfg.use_8bit,
                             info.get("trust_remote_code", False), device=device)
+    reference = open_reference(ctx, model, tokenizer, checkpoint, device, processes)  # the base, before LoRA
+    split, shares = mix_replay(split, shares, reference, cfg.replay, cfg.seed, max_length)
+    for line in share_lines(shares) if is_mix(shares) else []:
+        log.info("%s", line)
+    row_length = min(max(len(t.input_ids) for t in tokenized + split.train), max_length)
     lengths = [len(t.input_ids) for t in split.train]
     batches = plan_batches(cfg.batch_size, cfg.gradient_accumulation_steps, len(split.train), lengths, row_length,
                            model_config, device_name(device), placement.precision, checkpointing, processes, circular)
@@ -122,11 +130,11 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
                 precision=placement.precision, device=placement.device, checkpoints=checkpoints,
                 save_total_limit=cfg.save_total_limit, row_length=row_length, processes=processes,
                 strategy=cfg.strategy, eval_rows=batches.eval_rows, max_examples_per_step=batches.max_examples_per_step,
-                data_fingerprint=data_fingerprint(sources),
+                data_fingerprint=data_fingerprint(sources, cfg.replay),
                 chat_template=tokenizer.chat_template if data.fallback_used else None)
     ctx.plan, ctx.lora = plan, LoraShape(rank, alpha, targets)
     _log_plan(cfg, plan, batches, split, placement, checkpointing)
-    rules = ctx.rules = rules_for(data.task, cfg.patience, cfg.overfitting_threshold)
+    rules = ctx.rules = rules_for(data.task, cfg.patience, cfg.overfitting_threshold, cfg.max_forgetting)
     monitor = Monitor(rules, enabled=not cfg.force_epochs and cfg.mode != "non-stop")
     _log_autostop(cfg, rules, bool(split.val))
 
@@ -141,6 +149,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         log.info("%s", done)
         return 0
     data.objective.before_training(trainer, split, start, checkpoints, resumed)
+    ctx.general = start_watch(monitor, reference, trainer, start, resumed, "--force-epochs" if cfg.force_epochs else
+                              "--mode non-stop" if cfg.mode == "non-stop" else None)
     main = is_main_process()
     writer = trainer.writer = _tensorboard_writer(workdir, cfg) if main else None
     board = tensorboard_server.start(workdir, cfg.tensorboard_port) if main and not cfg.no_tensorboard else None
@@ -153,7 +163,7 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         interrupted = reason.startswith("interrupted")
         if trainer.best_dir.is_dir():
             kind = "validation" if split.val else "training"
-            chosen, which = trainer.best_dir, f"best (step {monitor.best_step}, {kind} loss {monitor.best_val:.4f})"
+            chosen, which = trainer.best_dir, kept_description(monitor, kind)
         else:
             chosen, which = last, "last (no evaluation finished)"
         summary = adapter_info(ctx, monitor, trainer.state, reason, baseline, which, resumed, bool(split.val))
@@ -162,7 +172,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
         summary["mix"] = [share.as_dict() for share in shares] if is_mix(shares) else None
         previous = publish_adapter(chosen, output, summary, {RUN_FILE: run_file_text(summary["config"])})
         _copy_logs(workdir, output)
-        plot_history(trainer.state.history, workdir / "training_history.png")
+        limit = monitor.general_zero * (1 + rules.max_forgetting) if monitor.stops_on_forgetting else None
+        plot_history(trainer.state.history, workdir / "training_history.png", limit)
         log.info("Adapter: %s -> %s%s", which, output, f" (previous adapter kept in {previous})" if previous else "")
         samples = None
         if not cfg.skip_test and not interrupted:
@@ -171,8 +182,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
                 device)) if multimodal else sample_answers(
                 model, tokenizer, chosen, examples, bool(split.val), device_name(device))
             summary["evaluation"] = {"skipped": "image examples: the base/tuned comparison reads text data only"} \
-                if multimodal else evaluate_run(model, tokenizer, chosen, *_evaluated(examples, tokenized, split.val),
-                                                device_name(device))
+                if multimodal else with_general(evaluate_run(model, tokenizer, chosen, *_evaluated(
+                    examples, tokenized, split.val), device_name(device)), summary["forgetting"])
             write_json(output / "adapter_info.json", summary)
         print(final_report(summary, samples, workdir), flush=True)
         return 130 if interrupted and cfg.mode != "non-stop" else 0

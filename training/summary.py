@@ -10,6 +10,7 @@ from pathlib import Path
 
 from training.autostop import Monitor
 from training.context import RunContext
+from training.forgetting.report import forgetting_section
 
 
 def _now() -> str:
@@ -38,6 +39,8 @@ def adapter_info(ctx: RunContext, monitor: Monitor, state, reason: str, baseline
     best_val = best if validated else None
     train_losses = [h["train_loss"] for h in state.history if "train_loss" in h and "val_loss" not in h]
     workdir = plan.checkpoints.parent
+    forgetting = forgetting_section(ctx, monitor, reason, time.monotonic() - ctx.started)
+    kept_general = forgetting.get("kept") or {}
     return {
         "base_model": info.get("source") or str(model_path),
         "base_model_revision": info.get("revision"),
@@ -70,7 +73,11 @@ def adapter_info(ctx: RunContext, monitor: Monitor, state, reason: str, baseline
                     "first_train_loss": train_losses[0] if train_losses else None,
                     "final_train_loss": train_losses[-1] if train_losses else None,
                     "baseline_perplexity": _perplexity(baseline), "best_perplexity": _perplexity(best_val),
-                    "steps": state.step, "evaluations": state.evals, "tokens": state.tokens},
+                    "steps": state.step, "evaluations": state.evals, "tokens": state.tokens,
+                    "train_seconds": round(state.train_seconds, 2),
+                    "base_general_loss": forgetting.get("base_loss"), "general_loss": kept_general.get("general_loss"),
+                    "forgetting": kept_general.get("forgetting")},
+        "forgetting": forgetting,
         "adaptive_changes": state.changes,
         "timings": {"seconds": round(time.monotonic() - ctx.started, 2), "finished_at": _now()},
         "finished_at": _now(),

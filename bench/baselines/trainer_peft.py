@@ -45,8 +45,8 @@ def main() -> None:
                                       save_strategy="no", report_to=[], seed=42, disable_tqdm=True)
     trainer = Trainer(model=model, args=training_args, train_dataset=features,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
-    trainer.train()
-    print(json.dumps({"steps": trainer.state.global_step}))
+    result = trainer.train()
+    print(json.dumps({"steps": trainer.state.global_step, "train_seconds": result.metrics["train_runtime"]}))
     model.save_pretrained(args.out)
 
 

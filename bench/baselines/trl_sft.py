@@ -37,8 +37,8 @@ def main() -> None:
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05,
                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
-    trainer.train()
-    print(json.dumps({"steps": trainer.state.global_step}))
+    result = trainer.train()
+    print(json.dumps({"steps": trainer.state.global_step, "train_seconds": result.metrics["train_runtime"]}))
     trainer.model.save_pretrained(args.out)
 
 

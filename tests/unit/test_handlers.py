@@ -36,8 +36,20 @@ def test_rank_by_size(parameters, rank):
 def test_precision_per_family_and_device():
     assert handlers.by_name("gemma3").precision_for("cuda") == "bfloat16"
     assert handlers.by_name("llama4").precision_for("cuda") == "bfloat16"
-    assert handlers.by_name("llama").precision_for("cuda") == "float16"
+    assert handlers.by_name("llama").precision_for("cuda") == "bfloat16"
     assert handlers.by_name("gemma3").precision_for("cpu") == "float32"
+
+
+def test_half_precision_falls_back_to_float16_without_bf16(monkeypatch):
+    import torch
+
+    from training import modeling
+
+    monkeypatch.setattr(modeling, "resolve_device", lambda requested: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert modeling.choose_placement("cuda", handlers.by_name("llama")).precision == "float16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert modeling.choose_placement("cuda", handlers.by_name("llama")).precision == "bfloat16"
 
 
 def test_registration_rejects_duplicates_and_bad_fields():

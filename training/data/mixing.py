@@ -3,16 +3,18 @@
 shares the weights ask for.
 
 Held-out examples are taken before any repetition, so no copy of a validation example is ever trained on.
+--replay adds one more entry after the split: general examples (training/forgetting/), never validated.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from training.planning import Split, split_examples
 
 MAX_LOGGED_ENTRIES = 20
+REPLAY_ENTRY = "general replay"
 
 
 @dataclass
@@ -26,6 +28,7 @@ class EntryShare:
     validation: int  # of them held out for validation
     per_epoch: int  # training examples it contributes to each epoch, after weighting
     share: float  # of the epoch's training examples
+    replay: bool = False  # --replay's general examples (never validated)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +92,30 @@ def _shares(sources: list, entries: list[str], val_index: list[int], train_index
                        per_epoch[entry] / epoch) for entry in order]
 
 
+def replay_count(training_examples: int, fraction: float) -> int:
+    """Replay examples per epoch so that they are `fraction` of it beside `training_examples` others."""
+    return max(1, round(fraction * training_examples / (1 - fraction)))
+
+
+def add_replay(split: Split, shares: list[EntryShare], replay: list, fraction: float,
+               seed: int) -> tuple[Split, list[EntryShare]]:
+    """The split with `fraction` of every epoch's training examples taken from `replay` (the base model's own
+    answers to general prompts), repeated or sampled to that count as a weighted entry is, and the shares with a
+    replay entry (every other entry's share of the epoch shrinks accordingly). Validation is untouched."""
+    if not fraction or not replay:
+        return split, shares
+    wanted = replay_count(len(split.train), fraction)
+    index = list(range(len(replay)))
+    counts = weighted_counts(index, [REPLAY_ENTRY] * len(replay), {REPLAY_ENTRY: wanted / len(replay)}, seed)
+    extra = [replay[i] for i in index for _ in range(counts[i])]
+    epoch = len(split.train) + len(extra)
+    shares = [replace(share, share=share.per_epoch / epoch) for share in shares] + [
+        EntryShare(f"{REPLAY_ENTRY} (the base model's answers to {len(replay)} general prompts, --replay {fraction:g})",
+                   1.0, 1, len(replay), 0, len(extra), len(extra) / epoch, replay=True)]
+    note = f"{split.note}; --replay {fraction:g}: {len(extra)} general examples per epoch"
+    return Split(split.train + extra, split.val, note, split.train_index, split.val_index), shares
+
+
 def is_mix(shares: list[EntryShare]) -> bool:
     """Several entries, or a weight: worth a line per entry in the log and a `mix` in adapter_info.json."""
     return len(shares) > 1 or any(s.weight != 1 for s in shares)
@@ -100,7 +127,7 @@ def share_lines(shares: list[EntryShare]) -> list[str]:
     for share in shares[:MAX_LOGGED_ENTRIES]:
         files = f" in {share.sources} files" if share.sources > 1 else ""
         held = f", {share.validation} held out for validation" if share.validation else \
-            ", too few to hold one out for validation" if validating else ""
+            ", never validated" if share.replay else ", too few to hold one out for validation" if validating else ""
         weight = f" x{share.weight:g}" if share.weight != 1 else ""
         lines.append(f"Mix: {share.entry}{weight}: {share.examples} examples{files}{held}; {share.per_epoch} per "
                      f"epoch = {share.share:.1%} of each epoch.")
