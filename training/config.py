@@ -131,7 +131,7 @@ class TrainConfig:
     max_forgetting: float | None = _opt("Stop when the loss on the general reference (the base model's own answers "
                                         "to general prompts, measured at every evaluation) rises more than this "
                                         "fraction over the base, and keep the best adapter within it (default: 1.5, "
-                                        "i.e. +150%; 0 measures without stopping).", None)
+                                        "a rise of 150 percent; 0 measures without stopping).", None)
     replay: float = _opt("Share of every epoch's training examples taken from general replay examples (the base "
                          "model's own answers to general prompts), to keep the model general: e.g. 0.2 (SFT runs).",
                          0.0)

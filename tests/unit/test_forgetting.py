@@ -327,6 +327,14 @@ def test_flags_are_checked_before_anything_is_touched():
             parse_config(base + args)
 
 
+def test_train_sh_help_lists_the_new_flags():
+    from training.config import build_parser
+
+    text = build_parser().format_help()  # argparse formats help with %: a bare percent sign would break --help
+    assert "--max-forgetting" in text and "+150%; 0 measures" in text and "--replay" in text
+    assert "--no-general-reference" in text
+
+
 def test_replay_is_refused_where_it_cannot_apply_and_the_reference_says_why_it_is_off():
     from training.errors import ConfigError
     from training.forgetting.setup import check_replay, off_reason
