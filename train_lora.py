@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
+    if not config.needs_bitsandbytes:
+        from core.imports import hide_bitsandbytes
+
+        hide_bitsandbytes()
     from training.launch import in_worker, is_main_process
 
     if not is_main_process():

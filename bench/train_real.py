@@ -17,7 +17,11 @@ same run; and the training phase's achieved FLOP/s (model FLOPs as bench/gpu/mod
 input-gradient backward of the frozen weights, the LoRA terms, causal attention) against this machine's own
 fp32 matrix-product peak, measured at the start of the same run with torch's default threads.
 
-    .venv/bin/python bench/train_real.py [--train 120] [--held-out 40] [--only train.sh,trainer]
+With `--seeds 42,43,44` every contender runs once per seed (its shuffling, LoRA initialisation and dropout;
+the data and the held-out set stay the same), and the summary gives the mean and the range: a seed moves the
+held-out loss by up to 0.05 on this set, more than the gaps between contenders in one run.
+
+    .venv/bin/python bench/train_real.py [--train 120] [--held-out 40] [--only train.sh,trainer] [--seeds 42]
 """
 
 from __future__ import annotations
@@ -129,7 +133,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=120)
     parser.add_argument("--held-out", type=int, default=40)
     parser.add_argument("--only", default="train.sh,train.sh-defaults,trainer,trl")
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds; every contender runs once per seed")
     args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
 
     from real_model import smollm2_model_dir
 
@@ -167,24 +173,33 @@ def main() -> None:
             "trl": ([python, str(ROOT / "bench/baselines/trl_sft.py"), "--model", str(source), "--data", str(data),
                      "--out", str(work / "trl")], work / "trl"),
         }
-        results = {}
-        for name in args.only.split(","):
-            command, adapter = contenders[name]
-            seconds, output = run_command(command)
-            steps, train_seconds, share = _training_phase(name, output, adapter, sum(lengths))
-            loss = held_out_loss(source, adapter, held)
-            results[name] = (seconds, steps, loss)
-            achieved = flops_all * share / train_seconds if train_seconds else None
-            phase = (f"  training phase {train_seconds:.1f} s, {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of "
-                     f"the fp32 peak" if achieved else "")
-            print(f"{name:18s} {seconds:7.1f} s  {steps:4d} optimizer steps  held-out loss {loss:.4f}{phase}",
-                  flush=True)
+        results: dict[str, list[tuple[float, int, float]]] = {}
+        for seed in seeds:
+            for name in args.only.split(","):
+                command, adapter = contenders[name]
+                seconds, output = run_command([*command, "--seed", str(seed)])
+                steps, train_seconds, share = _training_phase(name, output, adapter, sum(lengths))
+                loss = held_out_loss(source, adapter, held)
+                results.setdefault(name, []).append((seconds, steps, loss))
+                achieved = flops_all * share / train_seconds if train_seconds else None
+                phase = (f"  training phase {train_seconds:.1f} s, {achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} "
+                         f"of the fp32 peak" if achieved else "")
+                print(f"{name:18s} seed {seed} {seconds:7.1f} s  {steps:4d} optimizer steps  held-out loss "
+                      f"{loss:.4f}{phase}", flush=True)
         if "trainer" in results:
-            base = results["trainer"][0]
-            for name, (seconds, _, loss) in results.items():
-                print(f"{name:18s} speed vs Trainer baseline: {base / seconds:.2f}x   held-out loss {loss:.4f} "
-                      f"(Trainer {results['trainer'][2]:.4f})")
+            base_seconds, base_loss = _means(results["trainer"])
+            for name, runs in results.items():
+                seconds, loss = _means(runs)
+                spread = (f" (range {min(r[2] for r in runs):.4f}-{max(r[2] for r in runs):.4f})"
+                          if len(runs) > 1 else "")
+                print(f"{name:18s} speed vs Trainer baseline: {base_seconds / seconds:.2f}x   held-out loss "
+                      f"{loss:.4f}{spread} (Trainer {base_loss:.4f})" + (f", mean of {len(runs)} seeds"
+                                                                        if len(runs) > 1 else ""))
 
+
+def _means(runs: list[tuple[float, int, float]]) -> tuple[float, float]:
+    """(mean whole-command seconds, mean held-out loss) over one contender's runs."""
+    return sum(r[0] for r in runs) / len(runs), sum(r[2] for r in runs) / len(runs)
 
 def _training_phase(name: str, output: str, adapter: Path, tokens_all: int) -> tuple[int, float | None, float]:
     """(optimizer steps, seconds spent in training steps, share of the training set's tokens trained on)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.imports import hide_bitsandbytes
 from export.job import BYTES_PER_PARAMETER, TORCH_DTYPES, ExportError, Job, native_dtype, parameters
 from export.target import ExportTarget
 from handlers import handler_for_config, is_multimodal_dir
@@ -46,6 +47,7 @@ def load_merged(job: Job, dtype: str):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     _refuse_prequantized(job)
+    hide_bitsandbytes()  # merging works on unquantized weights: peft's import of it would only cost start-up time
     trust = bool(job.info.get("trust_remote_code"))
     job.echo(f"Loading {job.model.weights} ({dtype}) ...")
     multimodal = is_multimodal_dir(job.model.weights)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.adapter import AdapterError, inspect_adapter
 from core.errors import UserError
+from core.imports import hide_bitsandbytes
 from core.model_dir import ModelDir
 from handlers import handler_for_config
 from handlers.chat_templates import bound_rendering, ensure_chat_template
@@ -156,6 +157,7 @@ def _load(model: ModelDir, info: dict, handler, adapter, device: str | None):
     """The base weights on the device (with the adapter attached when there is one) and the torch device."""
     requested = device or (info.get("defaults") or {}).get("device") or "auto"
     placement = choose_placement(requested, handler)
+    hide_bitsandbytes()  # eval loads unquantized weights: peft's import of it would only cost start-up time
     loaded = load_base_model(model.weights, placement, handler, "lora", False, info.get("trust_remote_code", False))
     if adapter is None:
         return loaded, placement.device

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.adapter import AdapterError, AdapterInfo, choose_adapter, inspect_adapter
 from core.errors import UserError
+from core.imports import hide_bitsandbytes
 from serving.config import ServeConfig, ServeConfigError, parse_config
 from serving.engines.base import Engine
 from serving.engines.registry import ENGINES
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = parse_config(argv)
+        if cfg.quantization == "none":
+            hide_bitsandbytes()  # serving unquantized weights: peft's import of it would cost a second of start-up
         if not (Path(cfg.model_dir) / "model" / "config.json").is_file():
             raise ServeConfigError(f"No installed model in {cfg.model_dir} (model/config.json missing).")
         router = build_router(cfg, resolve_adapter(cfg))

@@ -18,7 +18,8 @@ from training.runfile import merged_values
 
 MODE_ALIASES = {"quality": "slow", "balanced": "medium", "quick": "fast", "nonstop": "non-stop"}
 MODES = ("slow", "medium", "fast", "adaptive", "non-stop")
-OPTIMIZERS = ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "adafactor")
+BITSANDBYTES_OPTIMIZERS = ("adamw_bnb_8bit", "paged_adamw_8bit")
+OPTIMIZERS = ("adamw_torch", *BITSANDBYTES_OPTIMIZERS, "adafactor")
 METHODS = ("lora", "qlora", "dpo", "kto")
 DEFAULT_DPO_BETA = 0.1
 DEFAULT_TENSORBOARD_PORT = 6006
@@ -206,6 +207,22 @@ class TrainConfig:
     @property
     def preset(self) -> ModePreset:
         return MODE_PRESETS[self.mode]
+
+    @property
+    def quantized(self) -> bool:
+        """The base weights load in 4 bits (QLoRA) or 8 bits, through bitsandbytes."""
+        return self.method == "qlora" or self.use_8bit
+
+    def checkpointing(self, handler) -> bool:
+        """Whether activations are recomputed in the backward pass: `on`, or `auto` on quantized weights of a
+        family whose handler recommends it."""
+        return self.gradient_checkpointing == "on" or (
+            self.gradient_checkpointing == "auto" and self.quantized and handler.gradient_checkpointing)
+
+    @property
+    def needs_bitsandbytes(self) -> bool:
+        """The run quantizes or steps an 8-bit optimizer; any other run keeps bitsandbytes out of its process."""
+        return self.quantized or self.optimizer in BITSANDBYTES_OPTIMIZERS
 
     def resolved_paths(self) -> tuple[Path, Path, Path]:
         """(model weights, adapter output, working directory for checkpoints/logs)."""

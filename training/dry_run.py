@@ -52,9 +52,7 @@ def _dry_run_plan(ctx: RunContext, split) -> dict:
     placement = choose_placement(cfg.device if cfg.device != "auto" else ctx.info.get("defaults", {}).get(
         "device", "auto"), handler)
     processes = resolve_processes(cfg.num_processes, placement.device)
-    quantized = cfg.method == "qlora" or cfg.use_8bit
-    checkpointing = cfg.gradient_checkpointing == "on" or (
-        cfg.gradient_checkpointing == "auto" and quantized and handler.gradient_checkpointing)
+    checkpointing = cfg.checkpointing(handler)
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, ctx.model_config)
     row_length = min(max(len(t.input_ids) for t in ctx.data.tokenized), max_length)
     batches = plan_batches(cfg.batch_size, cfg.gradient_accumulation_steps, len(split.train),

@@ -84,9 +84,7 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
     from accelerate import PartialState
 
     device = PartialState(cpu=placement.device == "cpu").device
-    quantized = cfg.method == "qlora" or cfg.use_8bit
-    checkpointing = cfg.gradient_checkpointing == "on" or (
-        cfg.gradient_checkpointing == "auto" and quantized and handler.gradient_checkpointing)
+    checkpointing = cfg.checkpointing(handler)
     max_length = choose_max_length(cfg.max_seq_length, handler.max_sequence_length, model_config)
     from accelerate.utils import set_seed
 
@@ -109,8 +107,8 @@ def _run(cfg: TrainConfig, model_path: Path, output: Path, workdir: Path) -> int
                  "learning rate by default.", f"{parameters:,}", handler.learning_rate(parameters))
     targets, exclude = vision.lora_targets(model, handler, targets, cfg.train_vision_tower,
                                            chosen_by_user=bool(cfg.target_modules or checkpoint))
-    model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, quantized,
-                           checkpointing or (quantized and handler.gradient_checkpointing), exclude)
+    model = wrap_with_lora(model, targets, rank, alpha, cfg.lora_dropout, cfg.quantized,
+                           checkpointing or (cfg.quantized and handler.gradient_checkpointing), exclude)
     if start:
         load_into(model, start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

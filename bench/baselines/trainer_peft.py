@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -42,7 +43,7 @@ def main() -> None:
     training_args = TrainingArguments(output_dir=args.out + "-trainer", num_train_epochs=1,
                                       per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                                       lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10,
-                                      save_strategy="no", report_to=[], seed=42, disable_tqdm=True)
+                                      save_strategy="no", report_to=[], seed=args.seed, disable_tqdm=True)
     trainer = Trainer(model=model, args=training_args, train_dataset=features,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     result = trainer.train()

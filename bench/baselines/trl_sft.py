@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 
     records = json.load(open(args.data))
@@ -32,7 +33,7 @@ def main() -> None:
     config = SFTConfig(output_dir=args.out + "-trl", num_train_epochs=1, per_device_train_batch_size=args.batch_size,
                        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, packing=True,
                        packing_strategy="bfd", max_length=2048, completion_only_loss=True, logging_steps=10,
-                       save_strategy="no", report_to=[], seed=42, disable_tqdm=True,
+                       save_strategy="no", report_to=[], seed=args.seed, disable_tqdm=True,
                        bf16=torch.cuda.is_available())  # TRL defaults to bf16, which the CPU refuses
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05,
