@@ -57,7 +57,13 @@ def test_interrupted_install_resumes_without_refetching(hub, tmp_path):
     hub.throttle_bytes_per_second = weights_size // 6  # the weights take ~6 s: long enough to interrupt
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "installer", "install", "acme/tiny-llama"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A test run started in the background has SIGINT ignored, and a child would inherit that: Python then turns no
+    # Ctrl+C into KeyboardInterrupt. With a handler here, the child starts with the default, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     weights = tmp_path / "models" / "acme_tiny-llama" / "model"
     deadline = time.time() + 60
     while time.time() < deadline and not (weights / "tokenizer.json").exists():
