@@ -201,6 +201,7 @@ def _means(runs: list[tuple[float, int, float]]) -> tuple[float, float]:
     """(mean whole-command seconds, mean held-out loss) over one contender's runs."""
     return sum(r[0] for r in runs) / len(runs), sum(r[2] for r in runs) / len(runs)
 
+
 def _training_phase(name: str, output: str, adapter: Path, tokens_all: int) -> tuple[int, float | None, float]:
     """(optimizer steps, seconds spent in training steps, share of the training set's tokens trained on)."""
     if name.startswith("train.sh"):
