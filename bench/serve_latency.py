@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +83,9 @@ def concurrent_clients(client, count: int, tokens: int) -> tuple[float, int, int
         except Exception as exc:  # counted and reported
             errors.append(exc)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(count) as pool:  # all clients at once; the block ends when the last one is done
+        list(pool.map(one, range(count)))
     return sum(totals) / (time.perf_counter() - started), sum(totals), len(errors)
 
 

@@ -20,10 +20,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1]
@@ -74,12 +74,9 @@ def clients(port: int, count: int, rounds: int, tokens: int) -> dict:
             except Exception as exc:  # counted and reported
                 errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(count) as pool:  # all clients at once; the block ends when the last one is done
+        list(pool.map(one, range(count)))
     seconds = time.perf_counter() - started
     total = sum(done)
     return {"clients": count, "requests": len(done), "tokens": total, "seconds": round(seconds, 3),

@@ -19,7 +19,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import gpu_check  # noqa: E402
-from gpu import data, engine_probe, report  # noqa: E402
+from gpu import data, engine_probe, report, travel  # noqa: E402
 from gpu import model as shapes  # noqa: E402
 
 LLAMA, SMOL = shapes.SHAPES["llama3-8b"], shapes.SHAPES["smollm2-135m"]
@@ -182,7 +182,7 @@ def test_the_whole_check_fits_nine_minutes_even_if_every_part_runs_to_its_limit(
     elapsed, given = _schedule(parts, gpu_check.BUDGET)
     assert gpu_check.BUDGET == 540 and elapsed <= 540
     assert all(s is not None and s >= p.minimum for s, p in zip(given, parts, strict=True))
-    assert max(gpu_check.DEVICE_TIMEOUT - gpu_check.BUDGET, 0) >= 60  # the device call's limit leaves a minute
+    assert max(travel.DEVICE_TIMEOUT - gpu_check.BUDGET, 0) >= 60  # the device call's limit leaves a minute
     # a tighter budget skips parts instead of overrunning
     elapsed, given = _schedule(parts, 300)
     assert elapsed <= 300 and None in given
@@ -225,8 +225,8 @@ def test_every_part_has_a_command_that_exists():
 
 def test_wheels_fit_what_one_device_call_carries():
     groups = {g for p in gpu_check.PARTS for g in p.wheels}
-    assert groups == set(gpu_check.WHEEL_SPECS) == set(gpu_check.GROUP_MODULES)
-    assert gpu_check.DEVICE_CARRY == [".whl/gpu_check"] and len(gpu_check.DEVICE_COMMAND) < 2000
+    assert groups == set(travel.WHEEL_SPECS) == set(travel.GROUP_MODULES)
+    assert travel.DEVICE_CARRY == [".whl/gpu_check"] and len(travel.DEVICE_COMMAND) < 2000
 
 
 # --- rows and the table ----------------------------------------------------------------------------------------
